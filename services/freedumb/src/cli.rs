@@ -1,0 +1,123 @@
+//! The command line: `freedumb serve TARGET...`, `freedumb migrate`,
+//! `freedumb targets`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use freedumb_kit::config::{Config, Env};
+use freedumb_kit::server::{Application, StartError, shutdown_signal};
+use freedumb_kit::{Service, db, telemetry};
+
+use crate::registry;
+
+/// Exit code for a configuration error: the process was told something it
+/// cannot work with, and restarting it will not help.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// The port of `serve all` (and of any list of targets) when `PORT` is unset.
+pub const PLATFORM_PORT: u16 = 3000;
+
+#[derive(Debug, Parser)]
+#[command(name = "freedumb", version, about = "The FREEDUMB platform: every service and worker in one binary.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve one or more services on one port.
+    ///
+    /// `all` serves every service in one process, the single-machine
+    /// default. Configuration comes from environment variables (PORT,
+    /// DATABASE_URL, REDIS_URL, JWT_ACCESS_SECRET, ...); see README.md.
+    Serve {
+        /// Services to serve: `all`, or names such as `auth` (space or comma separated).
+        #[arg(required = true, value_name = "TARGET")]
+        targets: Vec<String>,
+    },
+    /// Apply the database migrations of the given services (default: all), then exit.
+    Migrate {
+        #[arg(value_name = "TARGET", default_value = registry::ALL)]
+        targets: Vec<String>,
+        /// Create the database named in DATABASE_URL first if it does not exist.
+        #[arg(long)]
+        create_database: bool,
+    },
+    /// List the targets this binary can run.
+    Targets,
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("freedumb: failed to start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { targets } => serve(&targets, &Env::process()).await,
+            Command::Migrate { targets, create_database } => migrate(&targets, create_database, &Env::process()).await,
+            Command::Targets => {
+                for service in registry::SERVICES {
+                    println!("{:<12} port {:<5} schema {}", service.name(), service.default_port(), service.schema());
+                }
+                println!("{:<12} every service above, in one process", registry::ALL);
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // One line, no backtrace, never a value: the variable and what it wants.
+        Err(StartError::Config(err)) => {
+            eprintln!("freedumb: configuration error: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(StartError::Other(err)) => {
+            eprintln!("freedumb: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn resolve(targets: &[String]) -> Result<Vec<&'static dyn Service>, StartError> {
+    registry::resolve(targets).map_err(|message| StartError::Other(anyhow::anyhow!(message)))
+}
+
+pub async fn serve(targets: &[String], env: &Env) -> Result<(), StartError> {
+    let services = resolve(targets)?;
+    // One named service gets the seed's port for it (auth 3001, ...); `all`
+    // or a list shares the platform port.
+    let single = match (targets, services.as_slice()) {
+        ([name], [one]) if name.as_str() == one.name() => Some(*one),
+        _ => None,
+    };
+    let (default_port, default_name) = match single {
+        Some(one) => (one.default_port(), format!("freedumb-{}", one.name())),
+        None => (PLATFORM_PORT, "freedumb".to_owned()),
+    };
+    let config = Config::from_env(env, default_port, &default_name)?;
+    // A second init only happens in tests; the first subscriber stays.
+    let _ = telemetry::init(&config);
+    let app = Application::build(config, env, &services).await?;
+    let names: Vec<_> = services.iter().map(|s| s.name()).collect();
+    tracing::info!(port = app.port(), targets = %names.join(","), "listening");
+    app.run_until_stopped(shutdown_signal()).await?;
+    Ok(())
+}
+
+pub async fn migrate(targets: &[String], create_database: bool, env: &Env) -> Result<(), StartError> {
+    let services = resolve(targets)?;
+    let url = env.url("DATABASE_URL", &["postgres", "postgresql"])?;
+    if create_database && db::create_database_if_missing(&url).await? {
+        println!("created the database");
+    }
+    for service in services {
+        db::migrate(&url, service.schema(), service.migrator()).await?;
+        println!("{}: migrations applied to schema {}", service.name(), service.schema());
+    }
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! The service kit: everything a FREEDUMB service shares, so that no service
+//! writes it again.
+//!
+//! - [`config`]: environment variables, validated at start-up.
+//! - [`telemetry`]: structured JSON logs.
+//! - [`metrics`]: the seed's Prometheus metrics.
+//! - [`observe`]: the per-request middleware (request id, log line, metrics, error shape).
+//! - [`error`] and [`extract`]: the one error shape, and extractors that use it.
+//! - [`auth`]: access tokens and the [`auth::AuthUser`] extractor.
+//! - [`client_ip`]: the client's address through trusted proxies.
+//! - [`db`] and [`cache`]: Postgres and Redis.
+//! - [`service`]: the [`service::Service`] contract and the shared [`service::Platform`].
+//! - [`server`]: the router, the middleware stack, graceful shutdown.
+
+pub mod auth;
+pub mod cache;
+pub mod client_ip;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod observe;
+mod ops;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+
+pub use error::{ApiError, ApiResult, ErrorBody, FieldError};
+pub use service::{Platform, Service};

@@ -1,0 +1,88 @@
+//! The service registry's contract: what a service module provides, and the
+//! [`Platform`] it is given.
+//!
+//! A service is a value implementing [`Service`]; the `freedumb` binary keeps
+//! a sorted list of them, and `serve` starts any subset in one process behind
+//! one router. Adding a service means writing its module and adding one line
+//! to that list: nothing in the kit changes.
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use sqlx::migrate::Migrator;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::auth::JwtKeys;
+use crate::cache::{Cache, Redis};
+use crate::client_ip::TrustedProxies;
+use crate::config::{Config, ConfigError, Env};
+use crate::db::{self, Db};
+use crate::metrics::Metrics;
+
+pub trait Service: Send + Sync + 'static {
+    /// The target name on the command line, such as `auth`.
+    fn name(&self) -> &'static str;
+
+    /// The port the seed gives this service (auth 3001, transaction 3002, ...),
+    /// used when it is served alone and `PORT` is unset.
+    fn default_port(&self) -> u16;
+
+    /// The Postgres schema this service owns.
+    fn schema(&self) -> &'static str;
+
+    fn migrator(&self) -> &'static Migrator;
+
+    /// The service's routes, already given their state. A service reads its
+    /// own settings (secrets, API keys) from `env` here, so a missing one stops
+    /// start-up before the port opens.
+    fn router(&self, platform: &Platform, env: &Env) -> Result<OpenApiRouter, ConfigError>;
+}
+
+/// What every service shares in one process: one pool, one Redis connection,
+/// one metrics registry.
+#[derive(Clone)]
+pub struct Platform {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub redis: Redis,
+    pub cache: Cache,
+    pub metrics: Metrics,
+    pub jwt: JwtKeys,
+    pub trusted_proxies: TrustedProxies,
+}
+
+impl Platform {
+    /// Connections are made lazily: nothing here touches the network.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let pool = db::lazy_pool(&config.database_url, config.database_max_connections)?;
+        let redis = Redis::new(&config.redis_url, &config.redis_key_prefix)?;
+        Ok(Platform {
+            db: Db::new(pool, metrics.clone()),
+            cache: Cache::new(redis.clone(), metrics.clone()),
+            redis,
+            jwt: JwtKeys::new(&config.jwt_access_secret),
+            trusted_proxies: TrustedProxies(Arc::new(config.trusted_proxies.clone())),
+            metrics,
+            config: Arc::new(config),
+        })
+    }
+}
+
+impl FromRef<Platform> for JwtKeys {
+    fn from_ref(p: &Platform) -> Self {
+        p.jwt.clone()
+    }
+}
+
+impl FromRef<Platform> for TrustedProxies {
+    fn from_ref(p: &Platform) -> Self {
+        p.trusted_proxies.clone()
+    }
+}
+
+impl FromRef<Platform> for Metrics {
+    fn from_ref(p: &Platform) -> Self {
+        p.metrics.clone()
+    }
+}
