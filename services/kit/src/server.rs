@@ -162,3 +162,124 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The middleware stack, driven without a socket: a throwaway service
+    //! with a path parameter, a slow route and a panicking route.
+
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use serde_json::Value;
+    use tower::ServiceExt;
+    use utoipa_axum::routes;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::extract::Path;
+
+    struct Probe;
+
+    #[utoipa::path(get, path = "/v1/probe/{id}", params(("id" = Uuid, Path)), responses((status = 200, body = String)))]
+    async fn by_id(Path(id): Path<Uuid>) -> String {
+        id.to_string()
+    }
+
+    #[utoipa::path(get, path = "/v1/probe/slow", responses((status = 200)))]
+    async fn slow() -> &'static str {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        "done"
+    }
+
+    #[utoipa::path(get, path = "/v1/probe/panic", responses((status = 200)))]
+    async fn panics() -> &'static str {
+        panic!("a bug")
+    }
+
+    impl Service for Probe {
+        fn name(&self) -> &'static str {
+            "probe"
+        }
+        fn default_port(&self) -> u16 {
+            0
+        }
+        fn schema(&self) -> &'static str {
+            "probe"
+        }
+        fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+            static NONE: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT;
+            &NONE
+        }
+        fn router(&self, _: &Platform, _: &Env) -> Result<OpenApiRouter, ConfigError> {
+            Ok(OpenApiRouter::new().routes(routes!(slow)).routes(routes!(panics)).routes(routes!(by_id)))
+        }
+    }
+
+    fn app() -> (Router, Platform) {
+        let vars: BTreeMap<String, String> = [
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"),
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("JWT_ACCESS_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("REQUEST_TIMEOUT_SECS", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let env = Env::from_map(vars);
+        let platform = Platform::new(Config::from_env(&env, 0, "probe").unwrap()).unwrap();
+        let (router, _) = router(&platform, &env, &[&Probe]).unwrap();
+        (router, platform)
+    }
+
+    async fn get(router: &Router, path: &str) -> (StatusCode, Value) {
+        let response = router.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        let status = response.status();
+        let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_client_error() || status.is_server_error() {
+            assert_eq!(body["request_id"], request_id.as_str(), "errors carry the request id");
+        }
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn a_malformed_path_parameter_is_a_400_naming_it() {
+        let (router, _) = app();
+        let (status, body) = get(&router, "/v1/probe/not-a-uuid").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["code"], "invalid_path_parameter");
+        let id = Uuid::new_v4();
+        let response =
+            router.oneshot(Request::get(format!("/v1/probe/{id}")).body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_slow_handler_is_cut_off_at_the_request_timeout() {
+        let (router, _) = app();
+        let (status, body) = get(&router, "/v1/probe/slow").await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(body["code"], "timeout");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_500_without_details() {
+        let (router, platform) = app();
+        let (status, body) = get(&router, "/v1/probe/panic").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["message"], "an internal error occurred");
+        let metrics = platform.metrics.render();
+        assert!(metrics.contains(r#"route="/v1/probe/panic",status_code="500""#), "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn routes_are_labelled_by_template() {
+        let (router, platform) = app();
+        get(&router, &format!("/v1/probe/{}", Uuid::new_v4())).await;
+        assert!(platform.metrics.render().contains(r#"route="/v1/probe/{id}""#));
+    }
+}

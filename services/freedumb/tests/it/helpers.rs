@@ -1,0 +1,287 @@
+//! The test harness: each test gets the platform on a free port, its own
+//! Postgres database (created, migrated, dropped), its own Redis key prefix,
+//! and a client.
+//!
+//! The Postgres and Redis on this machine are required. If they are not
+//! there, the tests fail and say how to start them; they never pass quietly.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Once;
+
+use freedumb::registry::SERVICES;
+use freedumb_kit::config::{Config, Env};
+use freedumb_kit::db;
+use freedumb_kit::server::Application;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+pub const ACCESS_SECRET: &str = "test-access-secret-0123456789abcdef";
+pub const REFRESH_SECRET: &str = "test-refresh-secret-0123456789abcdef";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn postgres_url() -> String {
+    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn init_logs() {
+    // Logs go nowhere unless TEST_LOG is set, as in zero2prod.
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let env = base_env("postgres://unused@127.0.0.1/x");
+            let config = Config::from_env(&Env::from_map(env), 0, "test").expect("test config is valid");
+            let _ = freedumb_kit::telemetry::init(&config);
+        }
+    });
+}
+
+fn base_env(database_url: &str) -> BTreeMap<String, String> {
+    [
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("ENVIRONMENT", "test"),
+        ("DATABASE_URL", database_url),
+        ("DATABASE_MAX_CONNECTIONS", "5"),
+        ("REDIS_URL", &redis_url()),
+        ("JWT_ACCESS_SECRET", ACCESS_SECRET),
+        ("JWT_REFRESH_SECRET", REFRESH_SECRET),
+        ("LOG_FORMAT", "json"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// A database of the test's own, dropped when the test ends.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let name = format!("freedumb_test_{}", Uuid::new_v4().simple());
+        let url = format!("{}/{name}", postgres_url());
+        let secret = SecretString::from(url.clone());
+        db::create_database_if_missing(&secret).await.unwrap_or_else(|err| {
+            panic!(
+                "the tests need Postgres at {} (trust auth, user postgres): {err:#}\n\
+                 start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+                postgres_url()
+            )
+        });
+        for service in SERVICES {
+            db::migrate(&secret, service.schema(), service.migrator()).await.expect("migrations apply");
+        }
+        TestDatabase { name, url }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside async; a short-lived runtime on its own thread
+        // does the cleanup without blocking the test's runtime.
+        let name = self.name.clone();
+        let admin = format!("{}/postgres", postgres_url());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: TestDatabase,
+    /// Stops the server when the test ends.
+    stop: Option<oneshot::Sender<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the platform (`serve all`) with the test environment, changed by
+/// `customize`.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut BTreeMap<String, String>)) -> TestApp {
+    init_logs();
+    let db = TestDatabase::create().await;
+    let redis_prefix = format!("test:{}:", Uuid::new_v4().simple());
+    let mut vars = base_env(&db.url);
+    vars.insert("REDIS_KEY_PREFIX".into(), redis_prefix.clone());
+    customize(&mut vars);
+    let env = Env::from_map(vars);
+    let config = Config::from_env(&env, 0, "freedumb").expect("test config is valid");
+    let services = freedumb::registry::resolve(&["all".to_owned()]).expect("all resolves");
+    let app = Application::build(config, &env, &services).await.expect("the app starts");
+    let port = app.port();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stop_rx.await;
+    }));
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+        db,
+        stop: Some(stop_tx),
+    }
+}
+
+/// A registered user's credentials and tokens.
+pub struct SignedIn {
+    pub email: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("request sent")
+    }
+
+    pub async fn get_authed(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(token).send().await.expect("request sent")
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> reqwest::Response {
+        self.post_json("/v1/auth/register", &json!({ "email": email, "password": password })).await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
+        self.post_json("/v1/auth/login", &json!({ "email": email, "password": password })).await
+    }
+
+    pub async fn login_from(&self, ip: &str, email: &str, password: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/auth/login"))
+            .header("x-real-ip", ip)
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> reqwest::Response {
+        self.post_json("/v1/auth/refresh", &json!({ "refresh_token": refresh_token })).await
+    }
+
+    /// Registers a fresh user and signs in.
+    pub async fn signed_in_user(&self) -> SignedIn {
+        let email = unique_email();
+        assert_eq!(self.register(&email, PASSWORD).await.status(), 201);
+        let response = self.login(&email, PASSWORD).await;
+        assert_eq!(response.status(), 200);
+        let tokens: Value = response.json().await.expect("json");
+        SignedIn {
+            email,
+            access_token: tokens["access_token"].as_str().expect("access token").to_owned(),
+            refresh_token: tokens["refresh_token"].as_str().expect("refresh token").to_owned(),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn unique_email() -> String {
+    format!("user-{}@example.com", Uuid::new_v4().simple())
+}
+
+/// Asserts the one error shape and returns the body.
+pub async fn error_body(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status, "unexpected status");
+    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(content_type.as_deref(), Some("application/json"), "errors are JSON");
+    let request_id = response.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = response.json().await.expect("error body is JSON");
+    assert!(body["code"].is_string(), "error has a code: {body}");
+    assert!(body["message"].is_string(), "error has a message: {body}");
+    assert_eq!(body["request_id"].as_str(), request_id.as_deref(), "error names the request id: {body}");
+    body
+}
+
+/// A TCP forwarder standing between the app and a dependency, so a test can
+/// cut the dependency off and bring it back without touching the real server.
+pub struct TcpProxy {
+    pub port: u16,
+    target: SocketAddr,
+    tasks: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let mut proxy = TcpProxy { port, target, tasks: None };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let target = self.target;
+        self.tasks = Some(tokio::spawn(async move {
+            // Connections live in this set, so aborting the task closes them all.
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { break };
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    pub async fn cut(&mut self) {
+        if let Some(tasks) = self.tasks.take() {
+            tasks.abort();
+            let _ = tasks.await;
+        }
+    }
+
+    /// Accepts connections again, on the same port.
+    pub async fn restore(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.expect("rebind proxy port");
+        self.serve(listener);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        if let Some(tasks) = self.tasks.take() {
+            tasks.abort();
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! What an operator sees: metrics labelled by route template, and an API
+//! description generated from the code.
+
+use serde_json::Value;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn metrics_label_requests_by_route_template_never_by_raw_path() {
+    let app = spawn_app().await;
+    let user = app.signed_in_user().await;
+    for _ in 0..2 {
+        assert_eq!(app.get_authed("/v1/auth/me", &user.access_token).await.status(), 200);
+    }
+    app.get("/v1/accounts/3f1c1a52-0000-0000-0000-000000000000").await;
+    app.get("/wp-login.php").await;
+
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(text.contains(r#"http_requests_total{method="GET",route="/v1/auth/me",status_code="200"} 2"#), "{text}");
+    assert!(text.contains(
+        r#"http_request_duration_seconds_bucket{method="GET",route="/v1/auth/me",status_code="200",le="0.005"}"#
+    ));
+    assert!(text.contains(r#"http_requests_total{method="GET",route="unmatched",status_code="404"} 2"#), "{text}");
+    assert!(!text.contains("wp-login") && !text.contains("3f1c1a52"), "raw paths never become labels");
+    // The second `me` is served from the cache.
+    assert!(text.contains(r#"cache_misses_total{cache_key_prefix="auth_user"} 1"#), "{text}");
+    assert!(text.contains(r#"cache_hits_total{cache_key_prefix="auth_user"} 1"#), "{text}");
+    for name in
+        ["active_transactions 0", "process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"]
+    {
+        assert!(text.contains(name), "{name} missing");
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route_and_error() {
+    let app = spawn_app().await;
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented: Vec<String> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object().unwrap().keys().map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect();
+    documented.sort();
+    assert_eq!(
+        documented,
+        [
+            "GET /health",
+            "GET /metrics",
+            "GET /openapi.json",
+            "GET /ready",
+            "GET /v1/auth/me",
+            "POST /v1/auth/login",
+            "POST /v1/auth/logout",
+            "POST /v1/auth/refresh",
+            "POST /v1/auth/register",
+        ]
+    );
+
+    // Every request body is described, and every 4xx answer uses the error shape.
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            if method == "post" {
+                assert!(op["requestBody"]["content"]["application/json"]["schema"].is_object(), "{method} {path}");
+            }
+            for (status, response) in op["responses"].as_object().unwrap() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                    assert_eq!(schema, "#/components/schemas/ErrorBody", "{method} {path} {status}");
+                }
+            }
+        }
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in ["ErrorBody", "FieldError", "RegisterRequest", "LoginRequest", "RefreshRequest", "Tokens", "User"] {
+        assert!(schemas.contains_key(name), "schema {name} missing");
+    }
+    assert_eq!(doc["paths"]["/v1/auth/me"]["get"]["security"][0]["bearer"], serde_json::json!([]));
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+}
