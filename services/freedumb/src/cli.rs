@@ -46,9 +46,27 @@ pub enum Command {
     },
     /// List the targets this binary can run.
     Targets,
+    /// Exit 0 if a running freedumb answers 200 on /health, 1 otherwise.
+    ///
+    /// For container health checks in images without a shell or curl.
+    Healthcheck {
+        /// The URL to ask; defaults to http://127.0.0.1:$PORT/health.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 pub fn main(cli: Cli) -> ExitCode {
+    if let Command::Healthcheck { url } = &cli.command {
+        let url = url.clone().unwrap_or_else(|| crate::healthcheck::default_url(std::env::var("PORT").ok().as_deref()));
+        return match crate::healthcheck::check(&url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("freedumb: unhealthy: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -67,6 +85,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 println!("{:<12} every service above, in one process", registry::ALL);
                 Ok(())
             }
+            Command::Healthcheck { .. } => unreachable!("answered before the runtime starts"),
         }
     });
     match result {

@@ -2,4 +2,5 @@
 //! commands, so integration tests drive exactly what the binary runs.
 
 pub mod cli;
+pub mod healthcheck;
 pub mod registry;

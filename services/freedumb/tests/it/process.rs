@@ -59,7 +59,13 @@ fn an_unknown_target_is_refused_with_the_list_of_targets() {
 
 #[test]
 fn help_is_available_on_every_level() {
-    for args in [vec!["--help"], vec!["serve", "--help"], vec!["migrate", "--help"], vec!["targets", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["targets", "--help"],
+        vec!["healthcheck", "--help"],
+    ] {
         let output = freedumb().args(&args).output().unwrap();
         assert!(output.status.success(), "{args:?}");
         assert!(String::from_utf8(output.stdout).unwrap().contains("Usage: freedumb"), "{args:?}");
@@ -162,4 +168,28 @@ async fn wait_until_up(client: &reqwest::Client, base: &str) {
         assert!(Instant::now() < deadline, "the server did not become ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn healthcheck_exits_0_for_a_healthy_server_and_1_otherwise() {
+    let app = crate::helpers::spawn_app().await;
+    let url = app.url("/health");
+    let healthy =
+        tokio::task::spawn_blocking(move || freedumb().args(["healthcheck", "--url", &url]).output().unwrap())
+            .await
+            .unwrap();
+    assert!(healthy.status.success(), "{}", String::from_utf8_lossy(&healthy.stderr));
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let down = freedumb().args(["healthcheck"]).env("PORT", closed.to_string()).output().unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy: cannot connect"));
+
+    let missing = tokio::task::spawn_blocking({
+        let url = app.url("/nothing");
+        move || freedumb().args(["healthcheck", "--url", &url]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("answered 404"));
 }
