@@ -54,6 +54,14 @@ pub const RABBITMQ: Backing = Backing {
     start: "rabbitmq-server -detached",
 };
 
+pub const MONGODB: Backing = Backing {
+    name: "MongoDB",
+    schemes: &["mongodb"],
+    default_port: 27017,
+    example: "mongodb://admin@127.0.0.1:27017/freedumb_logs",
+    start: "mongod --fork --logpath /tmp/mongod.log",
+};
+
 /// Where a service listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {

@@ -1,14 +1,20 @@
 //! `cargo xtask deploy`: the whole platform on this machine, as one
-//! `freedumb serve all` process, in the foreground.
+//! `freedumb serve` process behind the rendered nginx gateway, in the
+//! foreground. Everything comes from the `local` environment model, the
+//! same one `render` reads.
 //!
-//! The steps, in order: check that the backing services answer, build
-//! `freedumb`, generate (or reuse) local secrets, migrate, start, wait for
-//! `/ready`, then wait for Ctrl-C and stop `freedumb` the way an orchestrator
-//! would, with SIGTERM and a drain period. Each step fails with what to do
+//! The steps, in order: check that the backing services and nginx are
+//! there, build `freedumb`, generate (or reuse) local secrets, render the
+//! gateway's configuration into `.local/gateway/`, migrate, start
+//! `freedumb serve <enabled services>`, wait for `/ready`, start nginx,
+//! wait for its `/health`, then wait for Ctrl-C and stop both the way an
+//! orchestrator would: the gateway first (SIGQUIT, graceful), then
+//! `freedumb` (SIGTERM and a drain period). Each step fails with what to do
 //! about it, so a fresh checkout gets from `git clone` to a running platform
 //! by following the messages.
 
 use std::ffi::OsStr;
+use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -19,9 +25,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::environment::{self, Environment};
+use crate::environment::{self, Environment, Kind, vars};
+use crate::render::{self, context::Upstreams};
 use crate::secrets::{self, Secrets};
-use crate::{backing, process};
+use crate::{backing, process, tools};
 
 /// How long `freedumb` gets to answer `/ready` after it starts: migrations
 /// have already run, so this covers connecting to Postgres and Redis.
@@ -30,14 +37,20 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// `freedumb` drains for up to 30 s (`SHUTDOWN_TIMEOUT_SECS`); a little more
 /// before SIGKILL, so that a clean drain is never cut short.
 const STOP_TIMEOUT: Duration = Duration::from_secs(35);
+/// nginx finishes open requests on SIGQUIT; proxied ones wait for freedumb,
+/// which is still running then.
+const GATEWAY_STOP_TIMEOUT: Duration = Duration::from_secs(35);
+/// nginx's prefix (pid, temporary files) and rendered configuration
+/// (`conf/`), relative to the project root.
+const GATEWAY_DIR: &str = ".local/gateway";
 /// The exit code `freedumb` uses for a configuration error.
 const FREEDUMB_EXIT_CONFIG: i32 = 2;
 
 /// Build and run the whole platform locally, in the foreground, until Ctrl-C.
 #[derive(Debug, Args)]
 pub struct Deploy {
-    /// The environment to deploy, as in environments/NAME.toml. Only `local`
-    /// works so far.
+    /// The environment to deploy, as in environments/NAME.toml; it must be
+    /// a local one (the others are rendered and applied, see `render`).
     #[arg(long, value_name = "NAME", default_value = "local")]
     env: String,
     /// Serve on this port instead of the one in the environment file.
@@ -67,23 +80,43 @@ impl Profile {
 
 impl Deploy {
     pub fn run(&self, root: &Path) -> anyhow::Result<()> {
-        if self.env != "local" {
+        let mut environment = environment::load(root, &self.env)?;
+        if environment.model.kind != Kind::Local {
             bail!(
-                "environment `{}` is not supported yet: only `local` is; the others arrive with the environments issue",
+                "environment `{}` is a {} environment, and deploy runs local ones: render it with \
+                 `cargo xtask render --env {}` and apply what it writes",
+                self.env,
+                environment.model.kind,
                 self.env
             );
         }
-        let environment = environment::load(&environment::path(root, &self.env))?;
-        let port = self.port.unwrap_or(environment.platform.port);
-        let address = connect_address(environment.platform.host, port);
+        let platform = &environment.model.platform;
+        let (Some(host), Some(file_port)) = (platform.host, platform.port) else {
+            bail!("environment `{}` has no platform.host or platform.port", self.env);
+        };
+        let port = self.port.unwrap_or(file_port);
+        // The gateway's upstream is rendered from the model: follow --port.
+        environment.model.platform.port = Some(port);
+        let address = connect_address(host, port);
+        let gateway = &environment.model.gateway;
+        let gateway_address =
+            connect_address(gateway.listen_address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), gateway.http_port);
+        let targets: Vec<String> = environment.services().map(|(name, _)| name.to_owned()).collect();
 
-        step("checking backing services");
+        step("checking backing services and nginx");
         let services = environment.backing_services().map_err(anyhow::Error::msg)?;
         backing::require(&services)?;
+        let nginx = tools::require(&tools::NGINX)?;
         // Otherwise an old instance would answer `/ready` for the new one,
         // which is about to fail on the busy port.
-        if TcpStream::connect_timeout(&address, backing::CONNECT_TIMEOUT).is_ok() {
-            bail!("something already listens on {address}; stop it, or deploy on another port with --port");
+        for (what, address) in [("freedumb", address), ("the gateway", gateway_address)] {
+            if TcpStream::connect_timeout(&address, backing::CONNECT_TIMEOUT).is_ok() {
+                bail!(
+                    "something already listens on {address}, where {what} would; stop it, or deploy on other ports \
+                     (--port, gateway.http_port in {})",
+                    environment::path(Path::new(""), &self.env).display()
+                );
+            }
         }
 
         let profile = if self.debug { Profile::Dev } else { Profile::Release };
@@ -103,18 +136,37 @@ impl Deploy {
         }
 
         step("local secrets");
-        let (secrets, origin) = secrets::load_or_generate(&root.join(secrets::FILE))?;
+        let (secrets, origin) =
+            secrets::load_or_generate(&root.join(secrets::FILE), &environment.model.secrets.supplied)?;
         match origin {
             secrets::Origin::Generated => eprintln!("generated new secrets in {}", secrets::FILE),
             secrets::Origin::Reused => eprintln!("reusing the secrets in {}", secrets::FILE),
+            secrets::Origin::Extended(keys) => {
+                eprintln!("reusing the secrets in {}, and generated {} for it", secrets::FILE, keys.join(", "))
+            }
         }
-        let vars = freedumb_env(&environment, &self.env, port, &secrets);
+        let vars = freedumb_env(&environment, port, &secrets);
+
+        step("rendering the gateway");
+        let gateway_dir = root.join(GATEWAY_DIR);
+        let files = render::render(root, &environment, Upstreams::Deployed)?;
+        let nginx_files: render::Files = files
+            .into_iter()
+            .filter_map(|(path, text)| match path.strip_prefix("nginx/") {
+                Some(name) => Some((name.to_owned(), text)),
+                None => (path == render::MARKER).then_some((path, text)),
+            })
+            .collect();
+        fs::create_dir_all(&gateway_dir).with_context(|| format!("failed to create {}", gateway_dir.display()))?;
+        let conf_dir = gateway_dir.join("conf");
+        render::write(&nginx_files, &conf_dir)?;
+        eprintln!("{}/nginx.conf: upstream {address}, listening on {gateway_address}", conf_dir.display());
 
         step("migrating the database");
         let mut migrate = Command::new(&binary);
-        migrate.args(["migrate", "--create-database"]).envs(vars.iter().map(|(k, v)| (k, v)));
+        migrate.arg("migrate").args(&targets).arg("--create-database").envs(vars.iter().map(|(k, v)| (k, v)));
         let status = migrate.status().with_context(|| format!("failed to start {}", binary.display()))?;
-        check_freedumb_exit("freedumb migrate --create-database", status)?;
+        check_freedumb_exit(&format!("freedumb migrate {} --create-database", targets.join(" ")), status)?;
 
         // Installed now rather than at the start: until here, Ctrl-C should
         // simply kill us and the cargo or migration we are waiting for.
@@ -124,31 +176,55 @@ impl Deploy {
         })
         .context("failed to install the Ctrl-C handler")?;
 
-        step("starting freedumb serve all");
+        step(&format!("starting freedumb serve {}", targets.join(" ")));
         let child = Command::new(&binary)
-            .args(["serve", "all"])
+            .arg("serve")
+            .args(&targets)
             .envs(vars.iter().map(|(k, v)| (k, v)))
             .spawn()
             .with_context(|| format!("failed to start {}", binary.display()))?;
-        let mut served = Served { child, status: None };
+        let mut served = Served::new("freedumb", child, "TERM", STOP_TIMEOUT);
 
         let base_url = format!("http://{address}");
         if !wait_until_ready(&mut served, &format!("{base_url}/ready"), &stop_rx)? {
-            return stop(&mut served);
+            return stop(&mut [&mut served]);
         }
-        print_hints(&base_url, &self.env, served.child.id());
+
+        step("starting the nginx gateway");
+        let child = Command::new(&nginx)
+            .arg("-p")
+            .arg(format!("{}/", gateway_dir.display()))
+            .args(["-e", "stderr", "-c"])
+            .arg(conf_dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .spawn()
+            .with_context(|| format!("failed to start {}", nginx.display()))?;
+        // QUIT is nginx's graceful stop: open requests finish first.
+        let mut gateway = Served::new("nginx", child, "QUIT", GATEWAY_STOP_TIMEOUT);
+        let gateway_url = format!("http://{gateway_address}");
+        if !wait_until_ready(&mut gateway, &format!("{gateway_url}/health"), &stop_rx)? {
+            return stop(&mut [&mut gateway, &mut served]);
+        }
+        print_hints(&gateway_url, &base_url, &self.env, served.child.id(), gateway.child.id());
 
         loop {
             match stop_rx.recv_timeout(POLL_INTERVAL) {
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return stop(&mut served),
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return stop(&mut [&mut gateway, &mut served]),
                 Err(RecvTimeoutError::Timeout) => {
-                    if let Some(status) = served.try_wait()? {
-                        // A Ctrl-C in the terminal reaches freedumb as well,
-                        // and it may be quicker to exit than we are to notice.
+                    let exited = match (gateway.try_wait()?, served.try_wait()?) {
+                        (Some(status), _) => Some((gateway.name, status)),
+                        (None, Some(status)) => Some((served.name, status)),
+                        (None, None) => None,
+                    };
+                    if let Some((name, status)) = exited {
+                        // A Ctrl-C in the terminal reaches both children as
+                        // well, and they may be quicker to exit than we are
+                        // to notice.
                         if stop_rx.try_recv().is_ok() {
-                            return stop(&mut served);
+                            return stop(&mut [&mut gateway, &mut served]);
                         }
-                        bail!("freedumb exited by itself: {}", describe_exit(status));
+                        let _ = stop(&mut [&mut gateway, &mut served]);
+                        bail!("{name} exited by itself: {}", describe_exit(status));
                     }
                 }
             }
@@ -183,24 +259,11 @@ fn freedumb_binary(root: &Path, cargo_target_dir: Option<&OsStr>, profile: Profi
     target_dir.join(profile.dir()).join(format!("freedumb{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// The variables `freedumb` reads, from the environment file, the secrets
+/// The variables `freedumb` reads, from the environment model, the secrets
 /// and the command line. Set explicitly, so that a `PORT` or `DATABASE_URL`
 /// left in the caller's shell cannot redirect a local deployment.
-fn freedumb_env(environment: &Environment, name: &str, port: u16, secrets: &Secrets) -> Vec<(&'static str, String)> {
-    let platform = &environment.platform;
-    let mut vars = vec![
-        ("ENVIRONMENT", name.to_owned()),
-        ("HOST", platform.host.to_string()),
-        ("PORT", port.to_string()),
-        ("LOG_LEVEL", platform.log_level.clone()),
-        ("DATABASE_URL", environment.postgres.url().to_owned()),
-        ("REDIS_URL", environment.redis.url().to_owned()),
-        // Read by no service yet; passed now so that the ones that will
-        // need it find the same environment.
-        ("RABBITMQ_URL", environment.rabbitmq.url().to_owned()),
-    ];
-    vars.extend(secrets.vars().map(|(key, value)| (key, value.to_owned())));
-    vars
+fn freedumb_env(environment: &Environment, port: u16, secrets: &Secrets) -> Vec<(String, String)> {
+    vars::local_process(environment, port, &|name| secrets.get(name).unwrap_or_default().to_owned())
 }
 
 fn check_freedumb_exit(what: &str, status: ExitStatus) -> anyhow::Result<()> {
@@ -220,22 +283,31 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
-/// The running `freedumb serve all`. Dropping it stops the process, so that
-/// an early return (a timeout, an error) never leaves a server behind.
+/// A running child: `freedumb serve` or nginx. Dropping it stops the
+/// process, so that an early return (a timeout, an error) never leaves a
+/// server behind.
 struct Served {
+    name: &'static str,
     child: Child,
     status: Option<ExitStatus>,
+    /// The signal that stops it gracefully, as `kill` names it.
+    signal: &'static str,
+    timeout: Duration,
 }
 
 impl Served {
+    fn new(name: &'static str, child: Child, signal: &'static str, timeout: Duration) -> Self {
+        Served { name, child, status: None, signal, timeout }
+    }
+
     fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
         if self.status.is_none() {
-            self.status = self.child.try_wait().context("failed to check on freedumb")?;
+            self.status = self.child.try_wait().with_context(|| format!("failed to check on {}", self.name))?;
         }
         Ok(self.status)
     }
 
-    /// SIGTERM, then up to `STOP_TIMEOUT` for the drain, then SIGKILL.
+    /// The graceful signal, then up to `timeout` for the drain, then SIGKILL.
     fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
         if let Some(status) = self.try_wait()? {
             return Ok(status);
@@ -243,22 +315,23 @@ impl Served {
         // Safe against pid reuse: until we reap the child, its pid stays
         // ours, even after it exits.
         let pid = self.child.id().to_string();
-        match Command::new("kill").args(["-TERM", &pid]).status() {
+        let signal = format!("-{}", self.signal);
+        match Command::new("kill").args([signal.as_str(), &pid]).status() {
             Ok(status) if status.success() => {}
-            Ok(status) => eprintln!("`kill -TERM {pid}` failed ({status}); waiting for freedumb anyway"),
-            Err(err) => eprintln!("failed to run `kill -TERM {pid}` ({err}); waiting for freedumb anyway"),
+            Ok(status) => eprintln!("`kill {signal} {pid}` failed ({status}); waiting for {} anyway", self.name),
+            Err(err) => eprintln!("failed to run `kill {signal} {pid}` ({err}); waiting for {} anyway", self.name),
         }
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + self.timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.try_wait()? {
                 return Ok(status);
             }
             thread::sleep(Duration::from_millis(100));
         }
-        self.child.kill().context("failed to kill freedumb")?;
-        let status = self.child.wait().context("failed to wait for freedumb")?;
+        self.child.kill().with_context(|| format!("failed to kill {}", self.name))?;
+        let status = self.child.wait().with_context(|| format!("failed to wait for {}", self.name))?;
         self.status = Some(status);
-        bail!("freedumb did not stop within {} s of SIGTERM, so it was killed", STOP_TIMEOUT.as_secs())
+        bail!("{} did not stop within {} s of SIG{}, so it was killed", self.name, self.timeout.as_secs(), self.signal)
     }
 }
 
@@ -272,8 +345,8 @@ impl Drop for Served {
     }
 }
 
-/// Polls `/ready` until it answers 200 (`Ok(true)`) or a stop was asked for
-/// (`Ok(false)`); fails if freedumb exits or is not ready in time.
+/// Polls `url` until it answers 200 (`Ok(true)`) or a stop was asked for
+/// (`Ok(false)`); fails if the process exits or is not ready in time.
 fn wait_until_ready(served: &mut Served, url: &str, stop_rx: &Receiver<()>) -> anyhow::Result<bool> {
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -282,7 +355,7 @@ fn wait_until_ready(served: &mut Served, url: &str, stop_rx: &Receiver<()>) -> a
             if stop_rx.try_recv().is_ok() {
                 return Ok(false);
             }
-            bail!("freedumb exited before it was ready: {}", describe_exit(status));
+            bail!("{} exited before it was ready: {}", served.name, describe_exit(status));
         }
         let answer = match agent.get(url).call() {
             Ok(_) => return Ok(true),
@@ -294,7 +367,8 @@ fn wait_until_ready(served: &mut Served, url: &str, stop_rx: &Receiver<()>) -> a
         };
         if Instant::now() >= deadline {
             bail!(
-                "freedumb was not ready within {} s; the last answer from {url} was {answer}",
+                "{} was not ready within {} s; the last answer from {url} was {answer}",
+                served.name,
                 READY_TIMEOUT.as_secs()
             );
         }
@@ -305,26 +379,39 @@ fn wait_until_ready(served: &mut Served, url: &str, stop_rx: &Receiver<()>) -> a
     }
 }
 
-fn stop(served: &mut Served) -> anyhow::Result<()> {
-    step("stopping freedumb (SIGTERM, then it drains open requests)");
-    let status = served.terminate()?;
-    if !status.success() {
-        bail!("freedumb exited with {status} while stopping");
+/// Stops the processes in order (the gateway first, so no new request
+/// reaches a draining service), each gracefully.
+fn stop(processes: &mut [&mut Served]) -> anyhow::Result<()> {
+    let mut failure = None;
+    for process in processes.iter_mut() {
+        if process.status.is_some() && process.status.is_some_and(|status| status.success()) {
+            continue;
+        }
+        step(&format!("stopping {} (SIG{}, then it drains open requests)", process.name, process.signal));
+        match process.terminate() {
+            Ok(status) if status.success() => eprintln!("{} stopped", process.name),
+            // Killed by the terminal's own SIGINT: nginx exits on it at once.
+            Ok(status) if process.name == "nginx" => eprintln!("{} stopped ({status})", process.name),
+            Ok(status) => {
+                failure = failure.or(Some(anyhow::anyhow!("{} exited with {status} while stopping", process.name)))
+            }
+            Err(err) => failure = failure.or(Some(err)),
+        }
     }
-    eprintln!("freedumb stopped");
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
-fn print_hints(base_url: &str, environment: &str, pid: u32) {
+fn print_hints(gateway_url: &str, base_url: &str, environment: &str, pid: u32, gateway_pid: u32) {
     println!(
         r#"
-freedumb is ready at {base_url} (environment `{environment}`, pid {pid})
+freedumb is ready behind the gateway at {gateway_url} (environment `{environment}`;
+freedumb pid {pid} on {base_url}, nginx pid {gateway_pid})
 
-  curl {base_url}/ready
-  curl {base_url}/v1/auth/register -H 'content-type: application/json' \
+  curl {gateway_url}/health
+  curl {gateway_url}/v1/auth/register -H 'content-type: application/json' \
     -d '{{"email":"ada@example.com","password":"correct horse battery staple"}}'
 
-  API description: {base_url}/openapi.json    metrics: {base_url}/metrics
+  Directly, without the gateway: {base_url}/ready    API description: {base_url}/openapi.json    metrics: {base_url}/metrics
 
 Press Ctrl-C to stop it."#
     );
@@ -359,13 +446,14 @@ mod tests {
     #[test]
     fn freedumb_gets_every_variable_it_reads_with_the_port_override() {
         let root = crate::project_root();
-        let environment = environment::load(&environment::path(&root, "local")).unwrap();
+        let environment = environment::load(&root, "local").unwrap();
         let dir = crate::scratch::ScratchDir::new("deploy");
-        let (secrets, _) = secrets::load_or_generate(&dir.path().join("secrets.env")).unwrap();
+        let (secrets, _) =
+            secrets::load_or_generate(&dir.path().join("secrets.env"), &environment.model.secrets.supplied).unwrap();
 
-        let vars = freedumb_env(&environment, "local", 3100, &secrets);
+        let vars = freedumb_env(&environment, 3100, &secrets);
 
-        let value = |key: &str| vars.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
+        let value = |key: &str| vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         assert_eq!(value("ENVIRONMENT"), Some("local"));
         assert_eq!(value("PORT"), Some("3100"));
         assert_eq!(value("HOST"), Some("127.0.0.1"));
@@ -386,10 +474,10 @@ mod tests {
     }
 
     #[test]
-    fn other_environments_are_refused_until_they_exist() {
+    fn environments_that_are_not_local_are_rendered_not_deployed() {
         let deploy = Deploy { env: "staging".to_owned(), port: None, debug: false };
-        let err = deploy.run(Path::new("/nonexistent")).unwrap_err().to_string();
-        assert!(err.starts_with("environment `staging` is not supported yet"), "{err}");
-        assert!(err.contains("environments issue"), "{err}");
+        let err = deploy.run(&crate::project_root()).unwrap_err().to_string();
+        assert!(err.starts_with("environment `staging` is a kubernetes environment"), "{err}");
+        assert!(err.contains("cargo xtask render --env staging"), "{err}");
     }
 }

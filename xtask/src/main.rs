@@ -7,11 +7,16 @@
 //! its own module with a `run` method.
 
 mod backing;
+mod bench;
+mod check;
 mod deploy;
 mod environment;
+mod policy;
 mod process;
+mod render;
 mod secrets;
 mod test;
+mod tools;
 
 #[cfg(test)]
 mod scratch;
@@ -32,6 +37,9 @@ struct Cli {
 enum Command {
     Deploy(deploy::Deploy),
     Test(test::Test),
+    Render(render::Render),
+    Check(check::Check),
+    BenchRender(bench::BenchRender),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +48,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Deploy(cmd) => cmd.run(&root),
         Command::Test(cmd) => cmd.run(&root),
+        Command::Render(cmd) => cmd.run(&root),
+        Command::Check(cmd) => cmd.run(&root),
+        Command::BenchRender(cmd) => cmd.run(&root),
     };
     // Printed by hand rather than by returning the error from `main`: that
     // would add a stack trace whenever RUST_BACKTRACE is set, and the
@@ -60,4 +71,14 @@ fn project_root() -> PathBuf {
     let manifest_dir =
         std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     manifest_dir.parent().map_or_else(|| manifest_dir.clone(), Path::to_path_buf)
+}
+
+/// The dev-profile `freedumb` under `$CARGO_TARGET_DIR` or `<root>/target`.
+#[cfg(test)]
+fn freedumb_debug_binary(root: &Path) -> PathBuf {
+    let target_dir = match std::env::var_os("CARGO_TARGET_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    };
+    target_dir.join("debug").join(format!("freedumb{}", std::env::consts::EXE_SUFFIX))
 }

