@@ -76,7 +76,9 @@ struct Throwaway(PathBuf);
 
 impl Throwaway {
     fn new(label: &str) -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(format!("xtask-check-{label}-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let count = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("xtask-check-{label}-{}-{count}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).with_context(|| format!("failed to create {}", path.display()))?;
         Ok(Throwaway(path))
@@ -336,5 +338,227 @@ mod tests {
         let deployed = "a\n        server auth-service:3001 max_fails=3;\nb\n";
         assert!(only_upstreams_differ(deployed, "a\n        server 127.0.0.1:3001 max_fails=3;\nb\n").is_ok());
         assert!(only_upstreams_differ(deployed, "a\n        server 127.0.0.1:3001 max_fails=3;\nc\n").is_err());
+    }
+}
+
+/// The validators, run for real on committed and edited environments and
+/// templates: each class of mistake fails the check, naming what to change.
+#[cfg(test)]
+mod validators {
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::environment::targets::Targets;
+    use crate::environment::{Layer, from_layers};
+    use crate::scratch::ScratchDir;
+
+    fn root() -> PathBuf {
+        crate::project_root()
+    }
+
+    fn passes(root: &Path, environment: &Environment) {
+        let report = check(root, environment).unwrap_or_else(|err| panic!("{err:#}"));
+        assert!(report.failures.is_empty(), "{}: {:#?}", environment.name, report.failures);
+    }
+
+    #[test]
+    fn every_committed_environment_passes_every_check() {
+        let root = root();
+        for name in environment::names(&root).unwrap() {
+            let environment = environment::load(&root, &name).unwrap();
+            passes(&root, &environment);
+            let report = check(&root, &environment).unwrap();
+            let ran: Vec<&str> = report.passed.iter().map(String::as_str).collect();
+            let expected: &[&str] = match environment.model.kind {
+                Kind::Local => &["nginx -t"],
+                Kind::Compose => &["nginx -t", "compose config"],
+                Kind::Kubernetes => &["kubernetes-validate --strict"],
+            };
+            for validator in expected {
+                assert!(ran.iter().any(|line| line.starts_with(validator)), "{name}: {validator} did not run: {ran:?}");
+            }
+        }
+    }
+
+    /// Every template is exercised: all seed services and workers enabled.
+    #[test]
+    fn the_whole_seed_platform_passes_every_check() {
+        let root = root();
+        for name in ["dev", "prod"] {
+            passes(&root, &crate::render::tests::everything(name));
+        }
+    }
+
+    fn edited(name: &str, edit: impl Fn(&str) -> String) -> Environment {
+        let root = root();
+        let read = |name: &str| fs::read_to_string(environment::path(&root, name)).unwrap();
+        let layers = vec![
+            Layer { path: PathBuf::from("environments/base.toml"), text: read(environment::BASE) },
+            Layer { path: PathBuf::from(format!("environments/{name}.toml")), text: edit(&read(name)) },
+        ];
+        from_layers(name, layers, &Targets::of_project(&root).unwrap()).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    fn failures(root: &Path, environment: &Environment) -> Vec<String> {
+        let report = check(root, environment).unwrap_or_else(|err| panic!("{err:#}"));
+        assert!(!report.failures.is_empty(), "{} passed", environment.name);
+        report.failures
+    }
+
+    fn line_of(text: &str, needle: &str) -> usize {
+        text.lines().position(|line| line.contains(needle)).unwrap() + 1
+    }
+
+    #[test]
+    fn a_latest_tag_fails_the_policy_naming_the_key() {
+        let edit = |text: &str| text.replace("tag = \"0.1.0\"", "tag = \"latest\"");
+        let environment = edited("prod", edit);
+        let failures = failures(&root(), &environment);
+        let prod = fs::read_to_string(environment::path(&root(), "prod")).unwrap();
+        let expected = format!("policy: environments/prod.toml:{}:7: key `platform.tag`", line_of(&prod, "tag = "));
+        assert!(failures.iter().any(|f| f.starts_with(&expected) && f.contains("is not pinned")), "{failures:#?}");
+    }
+
+    #[test]
+    fn a_disruption_budget_that_allows_no_disruption_fails_the_policy() {
+        let environment = edited("prod", |text| {
+            text.replace("replicas = { min = 3, max = 10 }", "replicas = { min = 3, max = 10 }\nmin_available = 3")
+        });
+        let failures = failures(&root(), &environment);
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains("key `services.auth.min_available`") && f.contains("allows no disruption")),
+            "{failures:#?}"
+        );
+    }
+
+    #[test]
+    fn readiness_equal_to_liveness_fails_the_policy() {
+        let environment = edited("staging", |text| {
+            format!(
+                "{text}\n[services.auth.probes]\nreadiness = {{ path = \"/health\", period_secs = 10, timeout_secs = 3, failure_threshold = 3 }}\n"
+            )
+        });
+        let failures = failures(&root(), &environment);
+        assert!(
+            failures.iter().any(|f| f.starts_with("policy: environments/staging.toml:")
+                && f.contains("key `services.auth.probes.readiness.path`")
+                && f.contains("liveness and readiness probes are the same")),
+            "{failures:#?}"
+        );
+    }
+
+    #[test]
+    fn a_plaintext_secret_in_the_env_table_fails_the_policy() {
+        let environment = edited("prod", |text| format!("{text}\n[services.auth.env]\nSMTP_PASSWORD = \"hunter2\"\n"));
+        let failures = failures(&root(), &environment);
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains("key `services.auth.env.SMTP_PASSWORD`") && f.contains("plaintext secret")),
+            "{failures:#?}"
+        );
+    }
+
+    /// A project root whose templates can be broken: environments and the
+    /// registry as committed, templates copied.
+    fn project_with_template(template: &str, edit: impl Fn(&str) -> String) -> ScratchDir {
+        let root = root();
+        let scratch = ScratchDir::new("check");
+        let copy = |relative: &str| {
+            let (from, to) = (root.join(relative), scratch.path().join(relative));
+            fs::create_dir_all(to.parent().unwrap()).unwrap();
+            fs::write(&to, fs::read_to_string(&from).unwrap()).unwrap();
+        };
+        copy(crate::environment::targets::REGISTRY);
+        for name in ["base", "local", "dev", "staging", "prod"] {
+            copy(&format!("environments/{name}.toml"));
+        }
+        let mut templates = Vec::new();
+        let dir = root.join("templates");
+        for entry in walk(&dir) {
+            templates.push(entry.strip_prefix(&root).unwrap().to_string_lossy().into_owned());
+        }
+        for relative in templates {
+            copy(&relative);
+        }
+        let path = scratch.path().join("templates").join(template);
+        let text = fs::read_to_string(&path).unwrap();
+        let changed = edit(&text);
+        assert_ne!(changed, text, "the edit changed nothing");
+        fs::write(&path, changed).unwrap();
+        scratch
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+        }
+        out
+    }
+
+    #[test]
+    fn an_nginx_mistake_fails_nginx_t() {
+        let scratch = project_with_template("nginx/nginx.conf.tera", |text| {
+            text.replace(
+                "proxy_read_timeout {{ route.read_timeout_secs }}s;",
+                "proxy_read_timeout {{ route.read_timeout_secs }}s;\n            proxy_read_timeout 1s;",
+            )
+        });
+        let environment = environment::load(scratch.path(), "dev").unwrap();
+        let failures = failures(scratch.path(), &environment);
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.starts_with("nginx -t") && f.contains("\"proxy_read_timeout\" directive is duplicate")),
+            "{failures:#?}"
+        );
+    }
+
+    #[test]
+    fn a_compose_mistake_fails_compose_config() {
+        let scratch = project_with_template("compose/docker-compose.yml.tera", |text| {
+            text.replace("    stop_grace_period:", "    stop_grace_periods:")
+        });
+        let environment = environment::load(scratch.path(), "dev").unwrap();
+        let failures = failures(scratch.path(), &environment);
+        assert!(
+            failures.iter().any(|f| f.starts_with("compose config") && f.contains("stop_grace_periods")),
+            "{failures:#?}"
+        );
+    }
+
+    #[test]
+    fn a_kubernetes_mistake_fails_kubernetes_validate() {
+        let scratch = project_with_template("k8s/workload.yaml.tera", |text| {
+            text.replace("  revisionHistoryLimit: 5", "  revisionHistoryLimit: 5\n  paused: \"no\"")
+        });
+        let environment = environment::load(scratch.path(), "prod").unwrap();
+        let failures = failures(scratch.path(), &environment);
+        assert!(
+            failures.iter().any(|f| f.starts_with("kubernetes-validate")
+                && f.contains("k8s/auth-service.yaml")
+                && f.contains("paused")),
+            "{failures:#?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_environment_renders_nothing() {
+        let scratch = project_with_template("k8s/namespace.yaml.tera", |text| format!("{text}\n"));
+        let prod = scratch.path().join("environments/prod.toml");
+        let text = fs::read_to_string(&prod).unwrap();
+        fs::write(&prod, text.replace("[services.auth]\n", "[services.auth]\nreplica = 2\n")).unwrap();
+        let out = scratch.path().join("out");
+        let render = crate::render::Render::parse_for_test("prod", Some(out.clone()));
+        let err = render.run(scratch.path()).unwrap_err().to_string();
+        assert!(err.contains("environments/prod.toml:") && err.contains("did you mean `replicas`?"), "{err}");
+        assert!(!out.exists());
+        let leftovers: Vec<_> = fs::read_dir(scratch.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(!leftovers.iter().any(|name| name.to_string_lossy().contains("rendering")), "{leftovers:?}");
     }
 }

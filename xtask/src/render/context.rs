@@ -137,6 +137,8 @@ pub struct WorkloadView {
     /// Compose: the readiness probe as a healthcheck, and how long start-up
     /// may take.
     pub healthcheck_start_period_secs: u32,
+    /// Compose: what `freedumb healthcheck --url` asks, the readiness path.
+    pub healthcheck_url: String,
     pub has_routes: bool,
     pub compose_env: Vec<EnvView>,
     pub kubernetes_env: Vec<KubeEnvView>,
@@ -487,6 +489,7 @@ fn workload_view(
         readiness: probe(&workload.probes.readiness),
         startup: probe(startup),
         healthcheck_start_period_secs: startup.period_secs * startup.failure_threshold,
+        healthcheck_url: format!("http://127.0.0.1:{}{}", workload.port, workload.probes.readiness.path),
         has_routes: !workload.routes.is_empty(),
         compose_env,
         kubernetes_env,

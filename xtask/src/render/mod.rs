@@ -73,6 +73,13 @@ impl Render {
     }
 }
 
+#[cfg(test)]
+impl Render {
+    pub fn parse_for_test(env: &str, out: Option<PathBuf>) -> Self {
+        Render { env: env.to_owned(), out, check: None }
+    }
+}
+
 pub fn default_out(root: &Path, env: &str) -> PathBuf {
     root.join("target").join("rendered").join(env)
 }

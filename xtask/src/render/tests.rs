@@ -455,17 +455,17 @@ fn compose_start_up_order_matches_the_kubernetes_probes() {
     let compose: Value =
         serde_yaml::from_str(&render(&root, &dev, Upstreams::Deployed).unwrap()["docker-compose.yml"]).unwrap();
     let prod_files = render(&root, &prod, Upstreams::Deployed).unwrap();
-    for (name, workload) in dev.services().chain(dev.workers()) {
-        let object = if dev.model.services.contains_key(name) && dev.services().any(|(n, _)| n == name) {
-            format!("{name}-service")
-        } else {
-            format!("worker-{name}")
-        };
+    let workloads = dev
+        .services()
+        .map(|(name, w)| (format!("{name}-service"), w))
+        .chain(dev.workers().map(|(name, w)| (format!("worker-{name}"), w)));
+    for (object, workload) in workloads {
         let service = at(&compose, &["services", &object]);
         // Compose gates on the readiness endpoint, as the readiness probe
         // gates traffic.
         let test = service["healthcheck"]["test"].as_sequence().unwrap();
-        assert_eq!(test.last().and_then(Value::as_str), Some(workload.probes.readiness.path.as_str()), "{object}");
+        let url = format!("http://127.0.0.1:{}{}", workload.port, workload.probes.readiness.path);
+        assert_eq!(test.last().and_then(Value::as_str), Some(url.as_str()), "{object}");
         // Migrations complete before the service starts (compose), as the
         // init container runs before the container (Kubernetes).
         assert_eq!(str_at(service, &["depends_on", "migrate", "condition"]), Some("service_completed_successfully"));
