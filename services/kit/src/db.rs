@@ -38,18 +38,41 @@ pub fn lazy_pool(url: &SecretString, max_connections: u32) -> anyhow::Result<PgP
         .connect_lazy_with(connect_options(url)?))
 }
 
-/// Creates `schema` if needed and applies the service's migrations to it.
-pub async fn migrate(url: &SecretString, schema: &str, migrator: &Migrator) -> anyhow::Result<()> {
+/// Schema names are spliced into SQL (they cannot be bind parameters), so
+/// only lower-case letters and underscores are accepted.
+pub fn check_schema(schema: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
-        schema.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+        !schema.is_empty() && schema.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
         "schema name {schema:?} must be lower-case letters and underscores"
     );
+    Ok(())
+}
+
+/// Creates `schema` if needed, then the kit's event tables in it
+/// (`<schema>.outbox` and `<schema>.inbox`, see [`crate::events`]), then
+/// applies the service's migrations to it.
+///
+/// The event tables come first so a service's migrations may refer to them,
+/// and they are not part of the service's migration history: the kit
+/// creates them idempotently on every run.
+pub async fn migrate(url: &SecretString, schema: &str, migrator: &Migrator) -> anyhow::Result<()> {
+    check_schema(schema)?;
     let options = connect_options(url)?.options([("search_path", schema)]);
     let mut conn = PgConnection::connect_with(&options).await.context("failed to connect to Postgres")?;
+    // `CREATE ... IF NOT EXISTS` is not safe against itself: two replicas
+    // starting at once can both decide to create, and one fails on a unique
+    // index. A lock per schema makes them take turns; it is the session's,
+    // so closing the connection (on any error too) releases it.
+    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+        .bind(format!("freedumb-kit migrate {schema}"))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("failed to lock schema {schema} for migrating"))?;
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
         .execute(&mut conn)
         .await
         .with_context(|| format!("failed to create schema {schema}"))?;
+    crate::events::create_tables(&mut conn, schema).await?;
     migrator.run(&mut conn).await.with_context(|| format!("failed to apply the migrations of schema {schema}"))?;
     conn.close().await.ok();
     Ok(())
@@ -87,6 +110,12 @@ pub struct Db {
 impl Db {
     pub fn new(pool: PgPool, metrics: Metrics) -> Self {
         Db { pool, metrics }
+    }
+
+    /// The registry this pool's transactions are counted in; background
+    /// tasks built from a `Db` count their work there too.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Begins a transaction counted in `active_transactions` until it ends.

@@ -9,8 +9,10 @@
 //! - [`auth`]: access tokens and the [`auth::AuthUser`] extractor.
 //! - [`client_ip`]: the client's address through trusted proxies.
 //! - [`db`] and [`cache`]: Postgres and Redis.
+//! - [`events`]: the transactional outbox, its relay to RabbitMQ, idempotent consumers.
 //! - [`service`]: the [`service::Service`] contract and the shared [`service::Platform`].
-//! - [`server`]: the router, the middleware stack, graceful shutdown.
+//! - [`server`]: the router, the middleware stack, graceful shutdown, background tasks.
+//! - `testing` (feature `testing`): test databases, a cuttable TCP proxy, a test exchange.
 
 pub mod auth;
 pub mod cache;
@@ -18,6 +20,7 @@ pub mod client_ip;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod metrics;
 pub mod observe;
@@ -25,6 +28,8 @@ mod ops;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{ApiError, ApiResult, ErrorBody, FieldError};
 pub use service::{Platform, Service};

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Latency buckets in seconds. The seed's `[0.1, 0.5, 1, 2, 5]` cannot tell a
 /// 2 ms answer from a 90 ms one, and our latency objectives sit at 25 ms, so
@@ -29,6 +31,12 @@ struct Inner {
     active_transactions: IntGauge,
     cache_hits_total: IntCounterVec,
     cache_misses_total: IntCounterVec,
+    // Events (see `crate::events`) and background tasks. Their labels are
+    // schema, queue and task names written in code, so they stay bounded.
+    outbox_published_total: IntCounterVec,
+    outbox_pending: IntGaugeVec,
+    events_consumed_total: IntCounterVec,
+    background_task_restarts_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -52,12 +60,39 @@ impl Metrics {
         let cache_misses_total =
             IntCounterVec::new(Opts::new("cache_misses_total", "Total cache misses"), &["cache_key_prefix"])
                 .expect("valid counter");
+        let outbox_published_total = IntCounterVec::new(
+            Opts::new("outbox_published_total", "Events published from the outbox and confirmed by the broker"),
+            &["schema"],
+        )
+        .expect("valid counter");
+        let outbox_pending = IntGaugeVec::new(
+            Opts::new("outbox_pending", "Events in the outbox not yet published (counted up to 1,000,000)"),
+            &["schema"],
+        )
+        .expect("valid gauge");
+        let events_consumed_total = IntCounterVec::new(
+            Opts::new(
+                "events_consumed_total",
+                "Deliveries handled by event consumers, by outcome (processed, duplicate, retried, dead_lettered)",
+            ),
+            &["queue", "outcome"],
+        )
+        .expect("valid counter");
+        let background_task_restarts_total = IntCounterVec::new(
+            Opts::new("background_task_restarts_total", "Background tasks restarted after failing or returning early"),
+            &["task"],
+        )
+        .expect("valid counter");
         for collector in [
             Box::new(http_request_duration_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_requests_total.clone()),
             Box::new(active_transactions.clone()),
             Box::new(cache_hits_total.clone()),
             Box::new(cache_misses_total.clone()),
+            Box::new(outbox_published_total.clone()),
+            Box::new(outbox_pending.clone()),
+            Box::new(events_consumed_total.clone()),
+            Box::new(background_task_restarts_total.clone()),
             // CPU seconds, resident and virtual memory, open and max file
             // descriptors, threads, start time: read from /proc at scrape time.
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -72,6 +107,10 @@ impl Metrics {
                 active_transactions,
                 cache_hits_total,
                 cache_misses_total,
+                outbox_published_total,
+                outbox_pending,
+                events_consumed_total,
+                background_task_restarts_total,
             }),
         }
     }
@@ -89,6 +128,23 @@ impl Metrics {
 
     pub fn cache_miss(&self, prefix: &str) {
         self.inner.cache_misses_total.with_label_values(&[prefix]).inc();
+    }
+
+    pub fn outbox_published(&self, schema: &str, count: u64) {
+        self.inner.outbox_published_total.with_label_values(&[schema]).inc_by(count);
+    }
+
+    pub fn set_outbox_pending(&self, schema: &str, pending: i64) {
+        self.inner.outbox_pending.with_label_values(&[schema]).set(pending);
+    }
+
+    /// `outcome` is one of `processed`, `duplicate`, `retried`, `dead_lettered`.
+    pub fn event_consumed(&self, queue: &str, outcome: &'static str) {
+        self.inner.events_consumed_total.with_label_values(&[queue, outcome]).inc();
+    }
+
+    pub fn background_task_restarted(&self, task: &str) {
+        self.inner.background_task_restarts_total.with_label_values(&[task]).inc();
     }
 
     /// Counts a database transaction as open until the guard is dropped.

@@ -1,22 +1,28 @@
-//! Building and running the HTTP server for a set of services.
+//! Building and running the HTTP server for a set of services, and the
+//! services' background tasks beside it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+use tracing::Instrument;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::{Config, ConfigError, Env};
 use crate::error::{ApiError, ErrorBody};
-use crate::service::{Platform, Service};
+use crate::metrics::Metrics;
+use crate::service::{BackgroundTask, CancellationToken, Platform, Service};
 use crate::{observe, ops};
 
 /// The largest request body accepted: the seed's `client_max_body_size 10M`.
@@ -86,6 +92,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     platform: Platform,
+    background: Vec<BackgroundTask>,
 }
 
 impl Application {
@@ -94,9 +101,13 @@ impl Application {
     pub async fn build(config: Config, env: &Env, services: &[&dyn Service]) -> Result<Self, StartError> {
         let platform = Platform::new(config)?;
         let (router, _) = router(&platform, env, services)?;
+        let mut background = Vec::new();
+        for service in services {
+            background.extend(service.background(&platform, env)?);
+        }
         let addr = SocketAddr::new(platform.config.host, platform.config.port);
         let listener = TcpListener::bind(addr).await.with_context(|| format!("failed to listen on {addr}"))?;
-        Ok(Application { listener, router, platform })
+        Ok(Application { listener, router, platform, background })
     }
 
     pub fn port(&self) -> u16 {
@@ -107,11 +118,18 @@ impl Application {
         &self.platform
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
-    /// requests finish (bounded by `SHUTDOWN_TIMEOUT_SECS`) and closes the
-    /// database pool.
+    /// The names of the background tasks `run_until_stopped` will start.
+    pub fn background_tasks(&self) -> Vec<&str> {
+        self.background.iter().map(BackgroundTask::name).collect()
+    }
+
+    /// Serves, and runs the services' background tasks, until `shutdown`
+    /// resolves; then stops accepting, lets in-flight requests finish and
+    /// background tasks stop (together bounded by `SHUTDOWN_TIMEOUT_SECS`)
+    /// and closes the database pool.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let Application { listener, router, platform } = self;
+        let Application { listener, router, platform, background } = self;
+        let background = BackgroundTasks::start(background, &platform.metrics);
         let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
         let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
@@ -119,12 +137,17 @@ impl Application {
             });
         let mut server = tokio::spawn(server.into_future());
         tokio::select! {
-            result = &mut server => return result.context("the server task failed")?.context("the server stopped"),
+            result = &mut server => {
+                background.stop(platform.config.shutdown_timeout).await;
+                return result.context("the server task failed")?.context("the server stopped");
+            }
             () = shutdown => {}
         }
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = drain_tx.send(true);
+        background.cancel();
         let deadline = platform.config.shutdown_timeout;
+        let started = Instant::now();
         match tokio::time::timeout(deadline, &mut server).await {
             Ok(result) => result.context("the server task failed")?.context("the server stopped")?,
             Err(_) => {
@@ -135,9 +158,120 @@ impl Application {
                 server.abort();
             }
         }
+        // Background tasks had the same head start; they get what is left.
+        background.stop(deadline.saturating_sub(started.elapsed())).await;
         platform.db.pool.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The first delay before a failed background task is restarted; it doubles
+/// with each failure in a row, up to [`RESTART_DELAY_MAX`].
+const RESTART_DELAY_MIN: Duration = Duration::from_secs(1);
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(60);
+/// A run that lasted this long counts as healthy: the next failure starts
+/// over at the shortest delay.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// Background tasks under supervision.
+///
+/// A run that fails (returns an error, panics, or returns before shutdown)
+/// is logged with its cause chain and restarted after a delay that grows
+/// from 1 s to 60 s. We restart rather than stop the process because the
+/// tasks are side jobs of a process whose HTTP API must stay up: an outbox
+/// relay that trips over a RabbitMQ failover must not take the write API
+/// down with it, and a crash loop of the whole process would be worse than a
+/// slow retry loop of one task. The restarts are counted in
+/// `background_task_restarts_total{task}` for alerting.
+pub struct BackgroundTasks {
+    shutdown: CancellationToken,
+    supervisors: Vec<(String, AbortOnDrop<()>)>,
+}
+
+impl BackgroundTasks {
+    /// Starts each task on its own tokio task.
+    pub fn start(tasks: Vec<BackgroundTask>, metrics: &Metrics) -> Self {
+        let shutdown = CancellationToken::new();
+        let supervisors = tasks
+            .into_iter()
+            .map(|task| {
+                let name = task.name().to_owned();
+                let span = tracing::info_span!("background", task = %name);
+                let handle = tokio::spawn(supervise(task, shutdown.clone(), metrics.clone()).instrument(span));
+                (name, AbortOnDrop(handle))
+            })
+            .collect();
+        BackgroundTasks { shutdown, supervisors }
+    }
+
+    /// Asks every task to stop, without waiting.
+    pub fn cancel(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Asks every task to stop and waits up to `deadline` for them; the ones
+    /// still running then are aborted.
+    pub async fn stop(self, deadline: Duration) {
+        self.shutdown.cancel();
+        let until = Instant::now() + deadline;
+        for (name, mut supervisor) in self.supervisors {
+            if tokio::time::timeout_at(until, &mut supervisor.0).await.is_err() {
+                tracing::warn!(task = %name, "a background task still running at the shutdown deadline was aborted");
+            }
+        }
+    }
+}
+
+/// Aborts the task when dropped, so an abandoned supervisor (and the run it
+/// owns) does not outlive its owner.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn supervise(mut task: BackgroundTask, shutdown: CancellationToken, metrics: Metrics) {
+    let mut delay = RESTART_DELAY_MIN;
+    loop {
+        let started = Instant::now();
+        // Each run is a task of its own, so a panic ends the run, not the
+        // supervisor.
+        let mut run = AbortOnDrop(tokio::spawn(task.start(shutdown.clone()).in_current_span()));
+        let outcome = (&mut run.0).await;
+        let stopping = shutdown.is_cancelled();
+        match outcome {
+            Ok(Ok(())) if stopping => return,
+            Ok(Ok(())) => tracing::warn!("background task ended before shutdown; restarting it"),
+            Ok(Err(err)) => tracing::error!(error = %format!("{err:#}"), "background task failed"),
+            Err(panic) => tracing::error!(error = %panic_message(panic), "background task panicked"),
+        }
+        if stopping {
+            return;
+        }
+        if started.elapsed() >= HEALTHY_RUN {
+            delay = RESTART_DELAY_MIN;
+        }
+        tracing::info!(delay_ms = delay.as_millis() as u64, "restarting background task");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return,
+        }
+        metrics.background_task_restarted(task.name());
+        delay = (delay * 2).min(RESTART_DELAY_MAX);
+    }
+}
+
+fn panic_message(err: tokio::task::JoinError) -> String {
+    match err.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned()),
+        Err(err) => err.to_string(),
     }
 }
 

@@ -5,11 +5,17 @@
 //! a sorted list of them, and `serve` starts any subset in one process behind
 //! one router. Adding a service means writing its module and adding one line
 //! to that list: nothing in the kit changes.
+//!
+//! Besides routes, a service may run [`BackgroundTask`]s (an outbox relay,
+//! an event consumer): the server starts them with the HTTP server, restarts
+//! them when they fail, and stops them on shutdown.
 
 use std::sync::Arc;
 
 use axum::extract::FromRef;
+use futures::future::BoxFuture;
 use sqlx::migrate::Migrator;
+pub use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::JwtKeys;
@@ -36,6 +42,57 @@ pub trait Service: Send + Sync + 'static {
     /// own settings (secrets, API keys) from `env` here, so a missing one stops
     /// start-up before the port opens.
     fn router(&self, platform: &Platform, env: &Env) -> Result<OpenApiRouter, ConfigError>;
+
+    /// Long-running jobs to run beside the routes, such as
+    /// [`crate::events::Relay`] and [`crate::events::Consumer`]. Called once
+    /// at start-up, after [`Service::router`]; like it, reads the service's
+    /// own settings from `env`. Most services have none.
+    fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
+        let _ = (platform, env);
+        Ok(Vec::new())
+    }
+}
+
+type StartFn = dyn FnMut(CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send;
+
+/// A named job that runs until its [`CancellationToken`] is cancelled.
+///
+/// It is given as a function that starts one run, because the server
+/// restarts a run that fails (returns an error or panics) or ends before
+/// shutdown, with a growing delay; see `server::BackgroundTasks`. A run should
+/// therefore ride out outages of its dependencies by itself and return an
+/// error only for what a restart could fix.
+pub struct BackgroundTask {
+    name: String,
+    start: Box<StartFn>,
+}
+
+impl BackgroundTask {
+    /// `name` labels its log lines and `background_task_restarts_total`; it
+    /// must be written in code (such as `outbox-relay:ledger`), not built
+    /// from input.
+    pub fn new<F, Fut>(name: impl Into<String>, mut start: F) -> Self
+    where
+        F: FnMut(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        BackgroundTask { name: name.into(), start: Box::new(move |shutdown| Box::pin(start(shutdown))) }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts one run that stops when `shutdown` is cancelled.
+    pub fn start(&mut self, shutdown: CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> {
+        (self.start)(shutdown)
+    }
+}
+
+impl std::fmt::Debug for BackgroundTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackgroundTask").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 /// What every service shares in one process: one pool, one Redis connection,

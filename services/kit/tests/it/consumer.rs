@@ -1,0 +1,298 @@
+//! Consumers: each event handled once, poison dead-lettered, transient
+//! failures retried and then dead-lettered, and the whole path from a
+//! committed write to another service's handler.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use freedumb_kit::db::Db;
+use freedumb_kit::events::{ATTEMPT_HEADER, Consumer, ConsumerConfig, Event, HandleError, Relay, handler_fn};
+use freedumb_kit::testing::{TcpProxy, TestBroker, rabbitmq_url};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::helpers::{SCHEMA, Setup, eventually, record, setup, spawn};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// What the test handler does on each call.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Succeed,
+    /// Fails transiently on the first `n` calls.
+    FailFirst(usize),
+    /// Rejects data that is not `{"amount_minor": <integer>}` as poison.
+    Strict,
+}
+
+/// Writes each event it handles to `ledger.seen`, counting its calls.
+fn handler(calls: Arc<AtomicUsize>, behaviour: Behaviour) -> impl freedumb_kit::events::EventHandler {
+    handler_fn(move |conn: &mut PgConnection, event: &Event| {
+        let calls = calls.clone();
+        Box::pin(async move {
+            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            match behaviour {
+                Behaviour::FailFirst(n) if call <= n => {
+                    return Err(HandleError::transient(anyhow::anyhow!("the ledger is busy (call {call})")));
+                }
+                Behaviour::Strict => {
+                    #[derive(serde::Deserialize)]
+                    #[allow(dead_code)]
+                    struct Amount {
+                        amount_minor: i64,
+                    }
+                    event.data_as::<Amount>()?;
+                }
+                _ => {}
+            }
+            sqlx::query("INSERT INTO ledger.seen (event_id, kind, data) VALUES ($1, $2, $3::text::jsonb)")
+                .bind(event.id)
+                .bind(&event.kind)
+                .bind(event.data.to_string())
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+    })
+}
+
+async fn create_seen_table(db: &Db) {
+    sqlx::query("CREATE TABLE ledger.seen (event_id uuid NOT NULL, kind text NOT NULL, data jsonb NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+async fn seen(db: &Db) -> Vec<(Uuid, String)> {
+    sqlx::query_as("SELECT event_id, kind FROM ledger.seen ORDER BY event_id").fetch_all(&db.pool).await.unwrap()
+}
+
+async fn inbox_rows(db: &Db) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM ledger.inbox").fetch_one(&db.pool).await.unwrap()
+}
+
+fn envelope(kind: &str, data: Value) -> (Uuid, Vec<u8>) {
+    let id = Uuid::now_v7();
+    let body = json!({ "id": id, "type": kind, "occurred_at": Utc::now(), "data": data });
+    (id, serde_json::to_vec(&body).unwrap())
+}
+
+fn consumed(db: &Db, queue: &str, outcome: &str) -> u64 {
+    let prefix = format!(r#"events_consumed_total{{outcome="{outcome}",queue="{queue}"}} "#);
+    db.metrics().render().lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |n| n.parse().unwrap())
+}
+
+/// A consumer of `transaction.*` on a queue of the test's own, running and
+/// ready for messages.
+async fn start_consumer(
+    s: &Setup,
+    behaviour: Behaviour,
+    config: ConsumerConfig,
+) -> (String, Arc<AtomicUsize>, crate::helpers::Running) {
+    create_seen_table(&s.db).await;
+    let queue = s.broker.queue_name("spending");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::new(
+        s.db.clone(),
+        SCHEMA,
+        s.broker.url(),
+        &queue,
+        &["transaction.*"],
+        handler(calls.clone(), behaviour),
+    )
+    .with_config(config);
+    let running = spawn(consumer.into_task());
+    s.broker.wait_for_consumer(&queue, WAIT).await;
+    (queue, calls, running)
+}
+
+async fn settled(broker: &TestBroker, queue: &str) -> bool {
+    broker.inspect(queue).await.is_some_and(|(ready, _)| ready == 0)
+}
+
+#[tokio::test]
+async fn an_event_delivered_twice_is_handled_once() {
+    let s = setup().await;
+    let (queue, calls, consumer) = start_consumer(&s, Behaviour::Succeed, s.broker.consumer_config()).await;
+    let (id, body) = envelope("transaction.created", json!({ "amount_minor": 100 }));
+    s.broker.publish("transaction.created", &body).await;
+    s.broker.publish("transaction.created", &body).await;
+
+    eventually("both deliveries are settled", WAIT, || async {
+        consumed(&s.db, &queue, "processed") + consumed(&s.db, &queue, "duplicate") == 2
+    })
+    .await;
+    assert_eq!(consumed(&s.db, &queue, "duplicate"), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(seen(&s.db).await, [(id, "transaction.created".to_owned())]);
+    assert_eq!(inbox_rows(&s.db).await, 1);
+    assert!(settled(&s.broker, &queue).await);
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn poison_messages_land_in_the_dead_letter_queue_and_the_consumer_goes_on() {
+    let s = setup().await;
+    let (queue, calls, consumer) = start_consumer(&s, Behaviour::Strict, s.broker.consumer_config()).await;
+    s.broker.publish("transaction.created", b"this is not an envelope").await;
+    let (poison, body) = envelope("transaction.created", json!({ "amount_minor": "twelve" }));
+    s.broker.publish("transaction.created", &body).await;
+    let (good, body) = envelope("transaction.created", json!({ "amount_minor": 12 }));
+    s.broker.publish("transaction.created", &body).await;
+
+    let dead = s.broker.take_exactly(&format!("{queue}.dlq"), 2, WAIT).await;
+    assert_eq!(dead[0].body, b"this is not an envelope");
+    assert_eq!(dead[1].event().id, poison);
+    eventually("the good event is handled", WAIT, || async { seen(&s.db).await.len() == 1 }).await;
+    assert_eq!(seen(&s.db).await[0].0, good);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the malformed envelope never reached the handler");
+    assert_eq!(inbox_rows(&s.db).await, 1, "a poison event leaves no inbox row, so a fixed replay is handled");
+    assert_eq!(consumed(&s.db, &queue, "dead_lettered"), 2);
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_that_keeps_failing_is_retried_then_dead_lettered() {
+    let s = setup().await;
+    let config = ConsumerConfig { max_attempts: 3, ..s.broker.consumer_config() };
+    let (queue, calls, consumer) = start_consumer(&s, Behaviour::FailFirst(usize::MAX), config).await;
+    let (id, body) = envelope("transaction.deleted", json!({}));
+    s.broker.publish("transaction.deleted", &body).await;
+
+    let dead = s.broker.take_exactly(&format!("{queue}.dlq"), 1, WAIT).await.remove(0);
+    assert_eq!(dead.event().id, id);
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "one call per attempt");
+    assert_eq!(consumed(&s.db, &queue, "retried"), 2);
+    assert_eq!(consumed(&s.db, &queue, "dead_lettered"), 1);
+    assert!(seen(&s.db).await.is_empty() && inbox_rows(&s.db).await == 0, "failed attempts rolled back");
+    assert!(settled(&s.broker, &queue).await);
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_whose_failure_clears_is_handled_once() {
+    let s = setup().await;
+    let (queue, calls, consumer) = start_consumer(&s, Behaviour::FailFirst(2), s.broker.consumer_config()).await;
+    let (id, body) = envelope("transaction.created", json!({ "amount_minor": 5 }));
+    s.broker.publish("transaction.created", &body).await;
+
+    eventually("the event is handled", WAIT, || async { consumed(&s.db, &queue, "processed") == 1 }).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(seen(&s.db).await, [(id, "transaction.created".to_owned())]);
+    assert_eq!(s.broker.inspect(&format!("{queue}.dlq")).await.map(|(ready, _)| ready), Some(0));
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_from_the_last_attempt_header_is_dead_lettered_without_a_call() {
+    // A delivery that already used up its attempts (a consumer crashed
+    // while retrying it) is not handled again.
+    let s = setup().await;
+    let config = ConsumerConfig { max_attempts: 2, ..s.broker.consumer_config() };
+    let (queue, calls, consumer) = start_consumer(&s, Behaviour::Succeed, config).await;
+    let (id, body) = envelope("transaction.created", json!({}));
+    s.broker.publish_with_header("transaction.created", &body, ATTEMPT_HEADER, 3).await;
+
+    let dead = s.broker.take_exactly(&format!("{queue}.dlq"), 1, WAIT).await.remove(0);
+    assert_eq!(dead.event().id, id);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_committed_write_reaches_another_services_handler() {
+    // The path a transaction takes to the budget service: recorded with the
+    // write, relayed, consumed into the consumer's own transaction.
+    let s = setup().await;
+    let (_queue, calls, consumer) = start_consumer(&s, Behaviour::Succeed, s.broker.consumer_config()).await;
+    let relay = Relay::new(s.db.clone(), SCHEMA, s.broker.url()).with_config(s.broker.relay_config());
+    let relay = spawn(relay.into_task());
+
+    let created = record(&s.db, "transaction.created", json!({ "amount_minor": 4200 })).await;
+    // Not bound: the consumer never sees it.
+    record(&s.db, "budget.threshold_crossed", json!({ "percent": 80 })).await;
+
+    eventually("the handler saw the event", WAIT, || async { !seen(&s.db).await.is_empty() }).await;
+    assert_eq!(seen(&s.db).await, [(created, "transaction.created".to_owned())]);
+    let data: String = sqlx::query_scalar("SELECT data::text FROM ledger.seen WHERE event_id = $1")
+        .bind(created)
+        .fetch_one(&s.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&data).unwrap(), json!({ "amount_minor": 4200 }));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    relay.stop().await.unwrap();
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_consumer_cut_off_from_rabbitmq_reconnects_and_handles_what_queued_meanwhile() {
+    let s = setup().await;
+    create_seen_table(&s.db).await;
+    assert!(rabbitmq_url().contains("127.0.0.1:5672"), "this test proxies the default RabbitMQ address");
+    let mut proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let proxied = SecretString::from(rabbitmq_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port)));
+    let queue = s.broker.queue_name("spending");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::new(
+        s.db.clone(),
+        SCHEMA,
+        proxied,
+        &queue,
+        &["transaction.*"],
+        handler(calls.clone(), Behaviour::Succeed),
+    )
+    .with_config(s.broker.consumer_config());
+    let consumer = spawn(consumer.into_task());
+    s.broker.wait_for_consumer(&queue, WAIT).await;
+
+    proxy.cut().await;
+    eventually("the broker sees the consumer go", WAIT, || async {
+        s.broker.inspect(&queue).await.is_some_and(|(_, consumers)| consumers == 0)
+    })
+    .await;
+    // The durable queue collects what is published meanwhile.
+    let mut published = Vec::new();
+    for n in 0..5 {
+        let (id, body) = envelope("transaction.created", json!({ "n": n }));
+        s.broker.publish("transaction.created", &body).await;
+        published.push((id, "transaction.created".to_owned()));
+    }
+    proxy.restore().await;
+
+    eventually("every queued event is handled", Duration::from_secs(30), || async { seen(&s.db).await.len() == 5 })
+        .await;
+    assert_eq!(seen(&s.db).await, published);
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_queue_that_exists_with_other_arguments_stops_the_consumer_with_an_error() {
+    let s = setup().await;
+    let queue = s.broker.queue_name("spending");
+    // Someone declared the queue by hand as a classic queue.
+    let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(queue.as_str().into(), durable, Default::default()).await.unwrap();
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::new(
+        s.db.clone(),
+        SCHEMA,
+        s.broker.url(),
+        &queue,
+        &["transaction.*"],
+        handler(calls, Behaviour::Succeed),
+    )
+    .with_config(s.broker.consumer_config());
+    let outcome = tokio::time::timeout(WAIT, consumer.run(Default::default())).await.expect("the consumer gives up");
+    let err = format!("{:#}", outcome.expect_err("the broker refused the declaration"));
+    assert!(err.contains("refused") && err.contains("PRECONDITION_FAILED"), "{err}");
+    let _ = connection.close(200, "bye".into()).await;
+}
