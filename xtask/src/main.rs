@@ -20,6 +20,8 @@ mod tools;
 
 #[cfg(test)]
 mod scratch;
+#[cfg(test)]
+mod seed;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -269,7 +269,10 @@ impl Checker<'_> {
             if readiness.is_null() {
                 self.at_key(with(&["probes", "readiness"]), object.clone(), "no readiness probe");
             }
-            if !liveness.is_null() && liveness == readiness {
+            // The same endpoint asks the same question, whatever the timings.
+            let endpoint =
+                |probe: &Value| (at(probe, &["httpGet", "path"]).clone(), at(probe, &["httpGet", "port"]).clone());
+            if !liveness.is_null() && (liveness == readiness || endpoint(liveness) == endpoint(readiness)) {
                 self.at_key(
                     with(&["probes", "readiness", "path"]),
                     object.clone(),

@@ -36,6 +36,14 @@ pub enum Command {
         #[arg(required = true, value_name = "TARGET")]
         targets: Vec<String>,
     },
+    /// Run background workers, such as `recurring`.
+    ///
+    /// A worker process serves only /health, /ready and /metrics. `serve all`
+    /// runs every worker too.
+    Worker {
+        #[arg(required = true, value_name = "WORKER")]
+        names: Vec<String>,
+    },
     /// Apply the database migrations of the given services (default: all), then exit.
     Migrate {
         #[arg(value_name = "TARGET", default_value = registry::ALL)]
@@ -76,11 +84,21 @@ pub fn main(cli: Cli) -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { targets } => serve(&targets, &Env::process()).await,
+            Command::Serve { targets } => serve(&targets, registry::resolve, &Env::process()).await,
+            Command::Worker { names } => serve(&names, registry::resolve_workers, &Env::process()).await,
             Command::Migrate { targets, create_database } => migrate(&targets, create_database, &Env::process()).await,
             Command::Targets => {
                 for service in registry::SERVICES {
                     println!("{:<12} port {:<5} schema {}", service.name(), service.default_port(), service.schema());
+                }
+                for worker in registry::WORKERS {
+                    println!(
+                        "{:<12} port {:<5} schema {} (worker: freedumb worker {})",
+                        worker.name(),
+                        worker.default_port(),
+                        worker.schema(),
+                        worker.name()
+                    );
                 }
                 println!("{:<12} every service above, in one process", registry::ALL);
                 Ok(())
@@ -102,12 +120,10 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-fn resolve(targets: &[String]) -> Result<Vec<&'static dyn Service>, StartError> {
-    registry::resolve(targets).map_err(|message| StartError::Other(anyhow::anyhow!(message)))
-}
+type Resolver = fn(&[String]) -> Result<Vec<&'static dyn Service>, String>;
 
-pub async fn serve(targets: &[String], env: &Env) -> Result<(), StartError> {
-    let services = resolve(targets)?;
+pub async fn serve(targets: &[String], resolve: Resolver, env: &Env) -> Result<(), StartError> {
+    let services = resolve(targets).map_err(|message| StartError::Other(anyhow::anyhow!(message)))?;
     // One named service gets the seed's port for it (auth 3001, ...); `all`
     // or a list shares the platform port.
     let single = match (targets, services.as_slice()) {
@@ -129,12 +145,18 @@ pub async fn serve(targets: &[String], env: &Env) -> Result<(), StartError> {
 }
 
 pub async fn migrate(targets: &[String], create_database: bool, env: &Env) -> Result<(), StartError> {
-    let services = resolve(targets)?;
+    let services = registry::resolve(targets).map_err(|message| StartError::Other(anyhow::anyhow!(message)))?;
     let url = env.url("DATABASE_URL", &["postgres", "postgresql"])?;
     if create_database && db::create_database_if_missing(&url).await? {
         println!("created the database");
     }
+    let mut done = Vec::new();
     for service in services {
+        // Workers share their service's schema; migrate each schema once.
+        if done.contains(&service.schema()) {
+            continue;
+        }
+        done.push(service.schema());
         db::migrate(&url, service.schema(), service.migrator()).await?;
         println!("{}: migrations applied to schema {}", service.name(), service.schema());
     }

@@ -61,6 +61,15 @@ impl Redis {
     }
 }
 
+/// Reads the current version of an entry and the value stored under it, in
+/// one round trip.
+const VERSIONED_GET: &str = r"
+local version = redis.call('GET', KEYS[1]) or '0'
+return {version, redis.call('GET', ARGV[1] .. version)}
+";
+
+const VERSION_TTL_SECS: u64 = 7 * 24 * 3600;
+
 /// Read-through caching of JSON values.
 #[derive(Clone)]
 pub struct Cache {
@@ -122,6 +131,83 @@ impl Cache {
         if let Err(err) = result {
             tracing::warn!(error = %format!("{err:#}"), cache_key_prefix = prefix, "cache invalidation failed");
         }
+    }
+
+    /// Like [`Cache::get_or_load`], for values that writers change often.
+    ///
+    /// A plain delete-on-write cache has a race: a reader loads the old value
+    /// from the database, a writer commits and deletes the key, then the
+    /// reader stores the old value, which stays until its TTL ends. Here each
+    /// entry lives under a version number that writers [`bump`](Cache::bump)
+    /// after committing, so a value loaded before a write is stored under a
+    /// version no reader asks for again.
+    pub async fn get_or_load_versioned<T, E, F, Fut>(
+        &self,
+        prefix: &'static str,
+        id: &str,
+        ttl: Duration,
+        load: F,
+    ) -> Result<Option<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let base = self.redis.key(&format!("cache:{prefix}:{id}"));
+        let version = match self.read_versioned::<T>(&base).await {
+            Ok((_, Some(value))) => {
+                self.metrics.cache_hit(prefix);
+                return Ok(Some(value));
+            }
+            Ok((version, None)) => Some(version),
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), cache_key_prefix = prefix, "cache read failed; loading from the database");
+                None
+            }
+        };
+        self.metrics.cache_miss(prefix);
+        let value = load().await?;
+        if let (Some(value), Some(version)) = (&value, version)
+            && let Err(err) = self.write(&format!("{base}:v{version}"), value, ttl).await
+        {
+            tracing::warn!(error = %format!("{err:#}"), cache_key_prefix = prefix, "cache write failed");
+        }
+        Ok(value)
+    }
+
+    /// Moves `prefix:id` to a new version; call after committing a write.
+    pub async fn bump(&self, prefix: &'static str, id: &str) {
+        let key = self.redis.key(&format!("cache:{prefix}:{id}:version"));
+        let result: anyhow::Result<()> = async {
+            let mut conn = self.redis.conn().await?;
+            redis::pipe()
+                .cmd("INCR")
+                .arg(&key)
+                .ignore()
+                // Far longer than any entry's TTL, so an expired version
+                // number never meets an entry written under it.
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(VERSION_TTL_SECS)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await?;
+            Ok(())
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %format!("{err:#}"), cache_key_prefix = prefix, "cache version bump failed; entries expire by TTL");
+        }
+    }
+
+    async fn read_versioned<T: DeserializeOwned>(&self, base: &str) -> anyhow::Result<(u64, Option<T>)> {
+        let mut conn = self.redis.conn().await?;
+        let (version, raw): (u64, Option<Vec<u8>>) = redis::Script::new(VERSIONED_GET)
+            .key(format!("{base}:version"))
+            .arg(format!("{base}:v"))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((version, raw.and_then(|bytes| serde_json::from_slice(&bytes).ok())))
     }
 
     async fn read<T: DeserializeOwned>(&self, key: &str) -> anyhow::Result<Option<T>> {

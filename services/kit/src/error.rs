@@ -44,6 +44,39 @@ impl FieldError {
     }
 }
 
+/// Collects the field errors of one request, so a client hears about every
+/// bad field at once rather than one per attempt.
+#[derive(Debug, Default)]
+pub struct FieldErrors(Vec<FieldError>);
+
+impl FieldErrors {
+    /// The value, or `None` with its error kept.
+    pub fn keep<T>(&mut self, result: Result<T, FieldError>) -> Option<T> {
+        result.map_err(|err| self.0.push(err)).ok()
+    }
+
+    pub fn push(&mut self, error: FieldError) {
+        self.0.push(error);
+    }
+
+    pub fn extend(&mut self, errors: impl IntoIterator<Item = FieldError>) {
+        self.0.extend(errors);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok` if no field failed, otherwise the 422 listing them all.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() { Ok(()) } else { Err(ApiError::validation(self.0)) }
+    }
+
+    pub fn into_error(self) -> ApiError {
+        ApiError::validation(self.0)
+    }
+}
+
 /// An error a handler returns.
 pub struct ApiError {
     status: StatusCode,

@@ -6,6 +6,8 @@
 //! - [`metrics`]: the seed's Prometheus metrics.
 //! - [`observe`]: the per-request middleware (request id, log line, metrics, error shape).
 //! - [`error`] and [`extract`]: the one error shape, and extractors that use it.
+//! - [`money`]: exact amounts in minor units, ISO 4217 currencies.
+//! - [`idempotency`]: `Idempotency-Key` handling for POST requests.
 //! - [`auth`]: access tokens and the [`auth::AuthUser`] extractor.
 //! - [`client_ip`]: the client's address through trusted proxies.
 //! - [`db`] and [`cache`]: Postgres and Redis.
@@ -22,7 +24,9 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod idempotency;
 pub mod metrics;
+pub mod money;
 pub mod observe;
 mod ops;
 pub mod server;
@@ -31,5 +35,5 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use error::{ApiError, ApiResult, ErrorBody, FieldError};
+pub use error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors};
 pub use service::{Platform, Service};

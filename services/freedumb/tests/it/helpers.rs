@@ -6,27 +6,20 @@
 //! there, the tests fail and say how to start them; they never pass quietly.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Once;
 
 use freedumb::registry::SERVICES;
 use freedumb_kit::config::{Config, Env};
-use freedumb_kit::db;
 use freedumb_kit::server::Application;
-use secrecy::SecretString;
+pub use freedumb_kit::testing::{TcpProxy, TestBroker, TestDatabase, postgres_url, rabbitmq_url};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tokio::task::JoinSet;
 use uuid::Uuid;
 
 pub const ACCESS_SECRET: &str = "test-access-secret-0123456789abcdef";
 pub const REFRESH_SECRET: &str = "test-refresh-secret-0123456789abcdef";
+pub const ENCRYPTION_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 pub const PASSWORD: &str = "correct horse battery staple";
-
-pub fn postgres_url() -> String {
-    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
 
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -54,6 +47,9 @@ fn base_env(database_url: &str) -> BTreeMap<String, String> {
         ("REDIS_URL", &redis_url()),
         ("JWT_ACCESS_SECRET", ACCESS_SECRET),
         ("JWT_REFRESH_SECRET", REFRESH_SECRET),
+        ("ENCRYPTION_KEY", ENCRYPTION_KEY),
+        ("RABBITMQ_URL", &rabbitmq_url()),
+        ("RECURRING_POLL_MS", "100"),
         ("LOG_FORMAT", "json"),
     ]
     .into_iter()
@@ -61,55 +57,22 @@ fn base_env(database_url: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
-/// A database of the test's own, dropped when the test ends.
-pub struct TestDatabase {
-    pub name: String,
-    pub url: String,
-}
-
-impl TestDatabase {
-    pub async fn create() -> Self {
-        let name = format!("freedumb_test_{}", Uuid::new_v4().simple());
-        let url = format!("{}/{name}", postgres_url());
-        let secret = SecretString::from(url.clone());
-        db::create_database_if_missing(&secret).await.unwrap_or_else(|err| {
-            panic!(
-                "the tests need Postgres at {} (trust auth, user postgres): {err:#}\n\
-                 start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-                postgres_url()
-            )
-        });
-        for service in SERVICES {
-            db::migrate(&secret, service.schema(), service.migrator()).await.expect("migrations apply");
-        }
-        TestDatabase { name, url }
+/// A database of the test's own with every service's schema migrated,
+/// dropped when the test ends.
+pub async fn database() -> TestDatabase {
+    let database = TestDatabase::create().await;
+    for service in SERVICES {
+        database.migrate(service.schema(), service.migrator()).await;
     }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        // Drop runs outside async; a short-lived runtime on its own thread
-        // does the cleanup without blocking the test's runtime.
-        let name = self.name.clone();
-        let admin = format!("{}/postgres", postgres_url());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(async move {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let _ =
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
-                }
-            });
-        })
-        .join();
-    }
+    database
 }
 
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub db: TestDatabase,
+    /// The exchange the platform publishes to, of this test's own.
+    pub broker: TestBroker,
     /// Stops the server when the test ends.
     stop: Option<oneshot::Sender<()>>,
 }
@@ -122,26 +85,47 @@ pub async fn spawn_app() -> TestApp {
 /// `customize`.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut BTreeMap<String, String>)) -> TestApp {
     init_logs();
-    let db = TestDatabase::create().await;
+    let db = database().await;
+    let broker = TestBroker::new().await;
     let redis_prefix = format!("test:{}:", Uuid::new_v4().simple());
     let mut vars = base_env(&db.url);
-    vars.insert("REDIS_KEY_PREFIX".into(), redis_prefix.clone());
+    vars.insert("REDIS_KEY_PREFIX".into(), redis_prefix);
+    // Each platform publishes to an exchange of its own, so parallel tests
+    // never receive each other's events.
+    vars.insert("EVENTS_EXCHANGE".into(), broker.exchange.clone());
     customize(&mut vars);
     let env = Env::from_map(vars);
     let config = Config::from_env(&env, 0, "freedumb").expect("test config is valid");
     let services = freedumb::registry::resolve(&["all".to_owned()]).expect("all resolves");
     let app = Application::build(config, &env, &services).await.expect("the app starts");
     let port = app.port();
+    let consumes_events = services.iter().any(|s| s.name() == "budget");
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
         let _ = stop_rx.await;
     }));
+    // Events published before the budget service's queue exists would be
+    // dropped by the exchange; wait for its consumer like a deployment
+    // waits for readiness.
+    let queue = format!("{}.budget.transactions", broker.exchange);
+    broker.delete_on_drop(&queue);
+    if consumes_events {
+        broker.wait_for_consumer(&queue, std::time::Duration::from_secs(20)).await;
+    }
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
         db,
+        broker,
         stop: Some(stop_tx),
     }
+}
+
+/// A platform (pool, Redis, metrics) on a test's database, for driving
+/// workers directly.
+pub fn platform_for(database_url: &str) -> freedumb_kit::Platform {
+    let env = Env::from_map(base_env(database_url));
+    freedumb_kit::Platform::new(Config::from_env(&env, 0, "test").expect("test config")).expect("platform")
 }
 
 /// A registered user's credentials and tokens.
@@ -228,60 +212,4 @@ pub async fn error_body(response: reqwest::Response, status: u16) -> Value {
     assert!(body["message"].is_string(), "error has a message: {body}");
     assert_eq!(body["request_id"].as_str(), request_id.as_deref(), "error names the request id: {body}");
     body
-}
-
-/// A TCP forwarder standing between the app and a dependency, so a test can
-/// cut the dependency off and bring it back without touching the real server.
-pub struct TcpProxy {
-    pub port: u16,
-    target: SocketAddr,
-    tasks: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl TcpProxy {
-    pub async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let port = listener.local_addr().expect("addr").port();
-        let mut proxy = TcpProxy { port, target, tasks: None };
-        proxy.serve(listener);
-        proxy
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        let target = self.target;
-        self.tasks = Some(tokio::spawn(async move {
-            // Connections live in this set, so aborting the task closes them all.
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { break };
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        }));
-    }
-
-    /// Refuses new connections and cuts the open ones.
-    pub async fn cut(&mut self) {
-        if let Some(tasks) = self.tasks.take() {
-            tasks.abort();
-            let _ = tasks.await;
-        }
-    }
-
-    /// Accepts connections again, on the same port.
-    pub async fn restore(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.expect("rebind proxy port");
-        self.serve(listener);
-    }
-}
-
-impl Drop for TcpProxy {
-    fn drop(&mut self) {
-        if let Some(tasks) = self.tasks.take() {
-            tasks.abort();
-        }
-    }
 }

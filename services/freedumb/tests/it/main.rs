@@ -2,8 +2,13 @@
 //! module per story.
 
 mod auth;
+mod budgets;
+mod events;
 mod helpers;
+mod import;
+mod ledger;
 mod malformed_input;
 mod observability;
 mod process;
 mod readiness;
+mod recurring;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{ACCESS_SECRET, PASSWORD, REFRESH_SECRET, TestDatabase, redis_url, unique_email};
+use crate::helpers::{
+    ACCESS_SECRET, ENCRYPTION_KEY, PASSWORD, REFRESH_SECRET, database, rabbitmq_url, redis_url, unique_email,
+};
 
 fn freedumb() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_freedumb"));
@@ -54,7 +56,10 @@ fn an_unknown_target_is_refused_with_the_list_of_targets() {
     let output = freedumb().args(["serve", "ledger"]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains("unknown target `ledger`") && stderr.contains("all, auth"), "{stderr}");
+    assert!(
+        stderr.contains("unknown target `ledger`") && stderr.contains("all, auth, transaction, budget"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -74,7 +79,9 @@ fn help_is_available_on_every_level() {
 
 #[tokio::test]
 async fn sigterm_finishes_the_request_in_flight_and_logs_are_json() {
-    let db = TestDatabase::create().await;
+    let db = database().await;
+    let broker = crate::helpers::TestBroker::new().await;
+    broker.delete_on_drop(&format!("{}.budget.transactions", broker.exchange));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = freedumb()
         .args(["serve", "all"])
@@ -87,6 +94,9 @@ async fn sigterm_finishes_the_request_in_flight_and_logs_are_json() {
         .env("REDIS_KEY_PREFIX", format!("test:{}:", uuid::Uuid::new_v4().simple()))
         .env("JWT_ACCESS_SECRET", ACCESS_SECRET)
         .env("JWT_REFRESH_SECRET", REFRESH_SECRET)
+        .env("ENCRYPTION_KEY", ENCRYPTION_KEY)
+        .env("RABBITMQ_URL", rabbitmq_url())
+        .env("EVENTS_EXCHANGE", &broker.exchange)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{TcpProxy, TestDatabase, error_body, postgres_url, spawn_app, spawn_app_with};
+use crate::helpers::{TcpProxy, database, error_body, postgres_url, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn ready_when_postgres_and_redis_answer() {
@@ -21,7 +21,7 @@ async fn ready_when_postgres_and_redis_answer() {
 #[tokio::test]
 async fn losing_the_database_makes_the_service_unready_until_it_returns() {
     // The app reaches Postgres through a proxy the test can cut.
-    let db = TestDatabase::create().await;
+    let db = database().await;
     let postgres: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
     assert!(postgres_url().contains("127.0.0.1:5432"), "this test proxies the default Postgres address");
     let mut proxy = TcpProxy::start(postgres).await;

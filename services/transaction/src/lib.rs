@@ -1,0 +1,130 @@
+//! The transaction service (seed port 3002): accounts, categories,
+//! transactions (transfers, splits, filters, cursor pagination), CSV import
+//! and recurring rules, under `/v1/accounts`, `/v1/categories`,
+//! `/v1/transactions` and `/v1/recurring`.
+//!
+//! Money is integer minor units of the account's currency
+//! (`freedumb_kit::money`); amounts travel in JSON as decimal strings.
+//! Every row belongs to a user and every query is scoped to the caller, so
+//! another user's ids answer 404.
+
+mod account_number;
+mod accounts;
+mod categories;
+pub mod events;
+mod import;
+mod recurring;
+mod schedule;
+mod transactions;
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use freedumb_kit::auth::JwtKeys;
+use freedumb_kit::config::{ConfigError, Env};
+use freedumb_kit::events::{Relay, RelayConfig};
+use freedumb_kit::idempotency::fingerprint;
+use freedumb_kit::service::BackgroundTask;
+use freedumb_kit::{Platform, Service};
+use sqlx::migrate::Migrator;
+use utoipa_axum::router::OpenApiRouter;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The Postgres schema this service owns.
+pub const SCHEMA: &str = "ledger";
+
+pub struct TransactionService;
+
+impl Service for TransactionService {
+    fn name(&self) -> &'static str {
+        "transaction"
+    }
+
+    fn default_port(&self) -> u16 {
+        3002
+    }
+
+    fn schema(&self) -> &'static str {
+        SCHEMA
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn router(&self, platform: &Platform, env: &Env) -> Result<OpenApiRouter, ConfigError> {
+        let state = Ledger { platform: platform.clone(), cipher: Arc::new(account_number::Cipher::from_env(env)?) };
+        Ok(OpenApiRouter::new()
+            .merge(accounts::router())
+            .merge(categories::router())
+            .merge(transactions::router())
+            .merge(import::router())
+            .merge(recurring::router())
+            .with_state(state))
+    }
+
+    fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
+        let url = events::rabbitmq_url(env)?;
+        let config = RelayConfig { exchange: events::exchange(env), ..RelayConfig::default() };
+        Ok(vec![Relay::new(platform.db.clone(), SCHEMA, url).with_config(config).into_task()])
+    }
+}
+
+/// The recurring worker (`freedumb worker recurring`): no routes of its own
+/// (a worker process still serves `/health`, `/ready` and `/metrics`), one
+/// background task that creates due occurrences. It works on the `ledger`
+/// schema, which the transaction service owns and migrates.
+pub struct RecurringWorker;
+
+impl Service for RecurringWorker {
+    fn name(&self) -> &'static str {
+        "recurring"
+    }
+
+    /// The port of its ops endpoints when run alone.
+    fn default_port(&self) -> u16 {
+        3102
+    }
+
+    fn schema(&self) -> &'static str {
+        SCHEMA
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn router(&self, _: &Platform, _: &Env) -> Result<OpenApiRouter, ConfigError> {
+        Ok(OpenApiRouter::new())
+    }
+
+    fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
+        Ok(vec![recurring::worker(platform, recurring::WorkerConfig::from_env(env)?)])
+    }
+}
+
+pub use recurring::run_once as run_recurring_once;
+
+#[derive(Clone)]
+struct Ledger {
+    platform: Platform,
+    cipher: Arc<account_number::Cipher>,
+}
+
+impl FromRef<Ledger> for JwtKeys {
+    fn from_ref(s: &Ledger) -> Self {
+        s.platform.jwt.clone()
+    }
+}
+
+/// An optional text field: trimmed, empty means absent, bounded length.
+fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, freedumb_kit::FieldError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) if text.chars().count() > max => {
+            Err(freedumb_kit::FieldError::new(field, format!("must be at most {max} characters")))
+        }
+        Some(text) => Ok(Some(text.to_owned())),
+    }
+}

@@ -1,0 +1,481 @@
+//! `/v1/recurring`: rules that create transactions on a schedule, and the
+//! worker (`freedumb worker recurring`) that creates them.
+//!
+//! Exactly once, with any number of workers: a worker takes due rules with
+//! `FOR UPDATE SKIP LOCKED`, so two workers never hold the same rule, and
+//! every occurrence is inserted with its `(rule, date)` pair under a unique
+//! index, so even a rule processed twice cannot create an occurrence twice.
+//! After downtime a worker catches up: it creates every occurrence whose
+//! date has passed, oldest first.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, NaiveDate, Utc};
+use freedumb_kit::auth::AuthUser;
+use freedumb_kit::config::{ConfigError, Env};
+use freedumb_kit::db::Db;
+use freedumb_kit::extract::{Json, Path};
+use freedumb_kit::idempotency::{self, IdempotencyKey};
+use freedumb_kit::money::Currency;
+use freedumb_kit::service::{BackgroundTask, CancellationToken};
+use freedumb_kit::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, Platform};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::accounts::{BALANCE_CACHE, parse_amount};
+use crate::schedule::{Frequency, Schedule};
+use crate::{Ledger, SCHEMA, categories, events, fingerprint, optional_text, transactions};
+
+pub(crate) fn router() -> OpenApiRouter<Ledger> {
+    OpenApiRouter::new().routes(routes!(create_rule, list_rules)).routes(routes!(get_rule, update_rule, delete_rule))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRule {
+    account_id: Uuid,
+    /// Signed decimal string, as for a transaction.
+    #[schema(example = "-1200.00")]
+    amount: String,
+    payee: Option<String>,
+    description: Option<String>,
+    category_id: Option<Uuid>,
+    #[serde(default)]
+    tags: Vec<String>,
+    frequency: Frequency,
+    /// Every `interval` days, weeks, months or years; default 1.
+    interval: Option<u32>,
+    #[schema(value_type = String, format = Date)]
+    start_date: NaiveDate,
+    /// Monthly and yearly rules: the day (1-31), clamped to shorter months.
+    /// Default: the start date's day.
+    day_of_month: Option<u32>,
+    #[schema(value_type = Option<String>, format = Date)]
+    end_date: Option<NaiveDate>,
+    /// Stop after this many occurrences.
+    count: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Rule {
+    id: Uuid,
+    account_id: Uuid,
+    amount: String,
+    currency: String,
+    payee: Option<String>,
+    description: Option<String>,
+    category_id: Option<Uuid>,
+    tags: Vec<String>,
+    frequency: Frequency,
+    interval: i32,
+    #[schema(value_type = String, format = Date)]
+    start_date: NaiveDate,
+    day_of_month: i16,
+    #[schema(value_type = Option<String>, format = Date)]
+    end_date: Option<NaiveDate>,
+    count: Option<i32>,
+    occurrences_created: i32,
+    /// The next date the worker will create a transaction for; null once the rule has ended.
+    #[schema(value_type = Option<String>, format = Date)]
+    next_occurrence: Option<NaiveDate>,
+    active: bool,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct RuleRow {
+    id: Uuid,
+    user_id: Uuid,
+    account_id: Uuid,
+    amount: i64,
+    currency: String,
+    payee: Option<String>,
+    description: Option<String>,
+    category_id: Option<Uuid>,
+    tags: Vec<String>,
+    frequency: Frequency,
+    interval: i32,
+    start_date: NaiveDate,
+    day_of_month: i16,
+    end_date: Option<NaiveDate>,
+    max_occurrences: Option<i32>,
+    occurrences_created: i32,
+    next_occurrence: Option<NaiveDate>,
+    active: bool,
+    created_at: DateTime<Utc>,
+    category_parent_id: Option<Uuid>,
+}
+
+impl RuleRow {
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            frequency: self.frequency,
+            interval: u32::try_from(self.interval).unwrap_or(1),
+            start: self.start_date,
+            day_of_month: u32::try_from(self.day_of_month).unwrap_or(1),
+            end: self.end_date,
+            max_occurrences: self.max_occurrences.and_then(|m| u32::try_from(m).ok()),
+        }
+    }
+
+    fn into_rule(self) -> anyhow::Result<Rule> {
+        let currency =
+            Currency::from_code(&self.currency).with_context(|| format!("unknown currency {}", self.currency))?;
+        Ok(Rule {
+            id: self.id,
+            account_id: self.account_id,
+            amount: currency.format(self.amount),
+            currency: self.currency,
+            payee: self.payee,
+            description: self.description,
+            category_id: self.category_id,
+            tags: self.tags,
+            frequency: self.frequency,
+            interval: self.interval,
+            start_date: self.start_date,
+            day_of_month: self.day_of_month,
+            end_date: self.end_date,
+            count: self.max_occurrences,
+            occurrences_created: self.occurrences_created,
+            next_occurrence: self.next_occurrence,
+            active: self.active,
+            created_at: self.created_at,
+        })
+    }
+}
+
+const SELECT: &str = "
+    SELECT r.id, r.user_id, r.account_id, r.amount, a.currency, r.payee, r.description, r.category_id, r.tags, r.frequency,
+           r.interval, r.start_date, r.day_of_month, r.end_date, r.max_occurrences, r.occurrences_created, r.next_occurrence,
+           r.active, r.created_at, c.parent_id AS category_parent_id
+    FROM ledger.recurring_rules r JOIN ledger.accounts a ON a.id = r.account_id
+    LEFT JOIN ledger.categories c ON c.id = r.category_id";
+
+async fn find(conn: &mut PgConnection, user_id: Uuid, id: Uuid) -> ApiResult<RuleRow> {
+    sqlx::query_as(&format!("{SELECT} WHERE r.id = $1 AND r.user_id = $2"))
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await
+        .context("failed to load a recurring rule")?
+        .ok_or_else(|| ApiError::not_found("no such recurring rule"))
+}
+
+/// Creates a rule; the worker creates its transactions as they fall due,
+/// past ones included.
+#[utoipa::path(post, path = "/v1/recurring", tag = "recurring", security(("bearer" = [])), request_body = CreateRule,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body return the first answer")),
+    responses((status = 201, body = Rule), (status = "4XX", body = ErrorBody)))]
+async fn create_rule(
+    State(state): State<Ledger>,
+    user: AuthUser,
+    key: IdempotencyKey,
+    Json(req): Json<CreateRule>,
+) -> ApiResult<axum::response::Response> {
+    let fp = fingerprint("POST /v1/recurring", &req);
+    idempotency::run(&state.platform.db, SCHEMA, user.user_id, &key, &fp, move |tx| {
+        Box::pin(async move {
+            let account = transactions::open_account(tx.conn(), user.user_id, "account_id", req.account_id).await?;
+            let currency = account.currency()?;
+            let mut errors = FieldErrors::default();
+            let amount = errors.keep(parse_amount("amount", currency, &req.amount));
+            let payee = errors.keep(optional_text("payee", req.payee.as_deref(), 200));
+            let description = errors.keep(optional_text("description", req.description.as_deref(), 500));
+            let interval = req.interval.unwrap_or(1);
+            if !(1..=1000).contains(&interval) {
+                errors.push(FieldError::new("interval", "must be 1 to 1000"));
+            }
+            let day_of_month = req.day_of_month.unwrap_or_else(|| chrono::Datelike::day(&req.start_date));
+            if !(1..=31).contains(&day_of_month) {
+                errors.push(FieldError::new("day_of_month", "must be 1 to 31"));
+            }
+            if req.end_date.is_some_and(|end| end < req.start_date) {
+                errors.push(FieldError::new("end_date", "must not be before start_date"));
+            }
+            if req.count.is_some_and(|c| c == 0 || c > 100_000) {
+                errors.push(FieldError::new("count", "must be 1 to 100000"));
+            }
+            let (Some(amount), Some(payee), Some(description), true) = (amount, payee, description, errors.is_empty()) else {
+                return Err(errors.into_error());
+            };
+            if let Some(category_id) = req.category_id {
+                categories::require(tx.conn(), user.user_id, "category_id", category_id).await?;
+            }
+            let schedule = Schedule {
+                frequency: req.frequency,
+                interval,
+                start: req.start_date,
+                day_of_month,
+                end: req.end_date,
+                max_occurrences: req.count,
+            };
+            let id = Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO ledger.recurring_rules (id, user_id, account_id, amount, payee, description, category_id, tags, frequency,
+                     interval, start_date, day_of_month, end_date, max_occurrences, next_occurrence)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            )
+            .bind(id)
+            .bind(user.user_id)
+            .bind(account.id)
+            .bind(amount)
+            .bind(payee)
+            .bind(description)
+            .bind(req.category_id)
+            .bind(&req.tags)
+            .bind(req.frequency)
+            .bind(i32::try_from(interval).unwrap_or(1))
+            .bind(req.start_date)
+            .bind(i16::try_from(day_of_month).unwrap_or(1))
+            .bind(req.end_date)
+            .bind(req.count.and_then(|c| i32::try_from(c).ok()))
+            .bind(schedule.occurrence(0))
+            .execute(tx.conn())
+            .await
+            .context("failed to insert a recurring rule")?;
+            let rule = find(tx.conn(), user.user_id, id).await?.into_rule()?;
+            Ok((StatusCode::CREATED, serde_json::to_value(rule).context("serialise")?))
+        })
+    })
+    .await
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleList {
+    items: Vec<Rule>,
+}
+
+/// The caller's recurring rules.
+#[utoipa::path(get, path = "/v1/recurring", tag = "recurring", security(("bearer" = [])),
+    responses((status = 200, body = RuleList), (status = "4XX", body = ErrorBody)))]
+async fn list_rules(State(state): State<Ledger>, user: AuthUser) -> ApiResult<Json<RuleList>> {
+    let rows: Vec<RuleRow> = sqlx::query_as(&format!("{SELECT} WHERE r.user_id = $1 ORDER BY r.created_at, r.id"))
+        .bind(user.user_id)
+        .fetch_all(&state.platform.db.pool)
+        .await
+        .context("failed to list recurring rules")?;
+    Ok(Json(RuleList { items: rows.into_iter().map(RuleRow::into_rule).collect::<anyhow::Result<_>>()? }))
+}
+
+/// One rule.
+#[utoipa::path(get, path = "/v1/recurring/{id}", tag = "recurring", security(("bearer" = [])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = Rule), (status = 404, body = ErrorBody), (status = "4XX", body = ErrorBody)))]
+async fn get_rule(State(state): State<Ledger>, user: AuthUser, Path(id): Path<Uuid>) -> ApiResult<Json<Rule>> {
+    let mut conn = state.platform.db.pool.acquire().await.context("failed to get a connection")?;
+    Ok(Json(find(&mut conn, user.user_id, id).await?.into_rule()?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRule {
+    amount: Option<String>,
+    payee: Option<String>,
+    description: Option<String>,
+    /// Pause (false) or resume (true). A resumed rule catches up.
+    active: Option<bool>,
+}
+
+/// Changes what future occurrences look like, or pauses the rule. The
+/// schedule itself is fixed: end the rule and create another.
+#[utoipa::path(patch, path = "/v1/recurring/{id}", tag = "recurring", security(("bearer" = [])), params(("id" = Uuid, Path)),
+    request_body = UpdateRule, responses((status = 200, body = Rule), (status = 404, body = ErrorBody), (status = "4XX", body = ErrorBody)))]
+async fn update_rule(
+    State(state): State<Ledger>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+    Json(req): Json<UpdateRule>,
+) -> ApiResult<Json<Rule>> {
+    let mut tx = state.platform.db.begin().await.context("failed to begin")?;
+    let current = find(tx.conn(), user.user_id, id).await?;
+    let currency = Currency::from_code(&current.currency).context("unknown currency")?;
+    let amount = req
+        .amount
+        .as_deref()
+        .map(|a| parse_amount("amount", currency, a))
+        .transpose()
+        .map_err(|e| ApiError::validation(vec![e]))?;
+    let payee = req
+        .payee
+        .as_deref()
+        .map(|p| optional_text("payee", Some(p), 200))
+        .transpose()
+        .map_err(|e| ApiError::validation(vec![e]))?;
+    let description = req
+        .description
+        .as_deref()
+        .map(|d| optional_text("description", Some(d), 500))
+        .transpose()
+        .map_err(|e| ApiError::validation(vec![e]))?;
+    sqlx::query(
+        "UPDATE ledger.recurring_rules SET amount = COALESCE($2, amount),
+                payee = CASE WHEN $3 THEN $4 ELSE payee END,
+                description = CASE WHEN $5 THEN $6 ELSE description END,
+                active = COALESCE($7, active), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(amount)
+    .bind(payee.is_some())
+    .bind(payee.flatten())
+    .bind(description.is_some())
+    .bind(description.flatten())
+    .bind(req.active)
+    .execute(tx.conn())
+    .await
+    .context("failed to update a recurring rule")?;
+    let rule = find(tx.conn(), user.user_id, id).await?.into_rule()?;
+    tx.commit().await.context("failed to commit")?;
+    Ok(Json(rule))
+}
+
+/// Deletes a rule. Transactions it already created stay.
+#[utoipa::path(delete, path = "/v1/recurring/{id}", tag = "recurring", security(("bearer" = [])), params(("id" = Uuid, Path)),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = "4XX", body = ErrorBody)))]
+async fn delete_rule(State(state): State<Ledger>, user: AuthUser, Path(id): Path<Uuid>) -> ApiResult<StatusCode> {
+    let done = sqlx::query("DELETE FROM ledger.recurring_rules WHERE id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(user.user_id)
+        .execute(&state.platform.db.pool)
+        .await
+        .context("failed to delete a recurring rule")?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::not_found("no such recurring rule"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Rules taken per worker transaction.
+const RULES_PER_BATCH: i64 = 50;
+/// Occurrences one rule may create per batch, so a rule that is years
+/// behind catches up over several short transactions instead of one long one.
+const OCCURRENCES_PER_BATCH: u32 = 400;
+
+/// The worker's settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Sleep between passes when nothing was due.
+    pub poll_interval: Duration,
+}
+
+impl WorkerConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let millis: u64 = env.parsed_or("RECURRING_POLL_MS", 30_000, "a number of milliseconds")?;
+        Ok(WorkerConfig { poll_interval: Duration::from_millis(millis.max(10)) })
+    }
+}
+
+/// The worker as a background task.
+pub fn worker(platform: &Platform, config: WorkerConfig) -> BackgroundTask {
+    let platform = platform.clone();
+    BackgroundTask::new("recurring-worker", move |shutdown: CancellationToken| {
+        let platform = platform.clone();
+        let config = config.clone();
+        async move {
+            while !shutdown.is_cancelled() {
+                let today = Utc::now().date_naive();
+                let processed = run_once(&platform, today).await?;
+                if processed < usize::try_from(RULES_PER_BATCH).unwrap_or(usize::MAX) {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(config.poll_interval) => {}
+                    }
+                }
+            }
+            Ok(())
+        }
+    })
+}
+
+/// One pass: creates the due occurrences of up to a batch of rules, in one
+/// transaction. Returns how many rules it took.
+pub async fn run_once(platform: &Platform, today: NaiveDate) -> anyhow::Result<usize> {
+    let db: &Db = &platform.db;
+    let mut tx = db.begin().await.context("failed to begin")?;
+    let rules: Vec<RuleRow> = sqlx::query_as(&format!(
+        "{SELECT} WHERE r.active AND r.next_occurrence <= $1 ORDER BY r.next_occurrence LIMIT $2 FOR UPDATE OF r SKIP LOCKED"
+    ))
+    .bind(today)
+    .bind(RULES_PER_BATCH)
+    .fetch_all(tx.conn())
+    .await
+    .context("failed to take due recurring rules")?;
+    let mut touched = Vec::new();
+    for rule in &rules {
+        let schedule = rule.schedule();
+        let currency = Currency::from_code(&rule.currency).context("unknown currency")?;
+        let mut n = u32::try_from(rule.occurrences_created).unwrap_or(0);
+        let mut created_now = 0;
+        while let Some(date) = schedule.occurrence(n).filter(|d| *d <= today) {
+            if created_now == OCCURRENCES_PER_BATCH {
+                break;
+            }
+            let id = Uuid::now_v7();
+            let inserted = sqlx::query(
+                "INSERT INTO ledger.transactions (id, user_id, account_id, amount, currency_exponent, date, payee, description,
+                     category_id, tags, recurring_rule_id, occurrence_date)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $6)
+                 ON CONFLICT (recurring_rule_id, occurrence_date) WHERE recurring_rule_id IS NOT NULL DO NOTHING",
+            )
+            .bind(id)
+            .bind(rule.user_id)
+            .bind(rule.account_id)
+            .bind(rule.amount)
+            .bind(i16::from(currency.exponent()))
+            .bind(date)
+            .bind(&rule.payee)
+            .bind(&rule.description)
+            .bind(rule.category_id)
+            .bind(&rule.tags)
+            .bind(rule.id)
+            .execute(tx.conn())
+            .await
+            .context("failed to create a recurring occurrence")?
+            .rows_affected()
+                == 1;
+            if inserted {
+                let state = events::TransactionState {
+                    transaction_id: id,
+                    user_id: rule.user_id,
+                    account_id: rule.account_id,
+                    currency: rule.currency.clone(),
+                    amount_minor: rule.amount,
+                    date,
+                    transfer_id: None,
+                    allocations: vec![events::Allocation {
+                        category_id: rule.category_id,
+                        parent_category_id: rule.category_parent_id,
+                        amount_minor: rule.amount,
+                    }],
+                };
+                events::changed(tx.conn(), events::CREATED, &state).await?;
+            }
+            n += 1;
+            created_now += 1;
+        }
+        sqlx::query("UPDATE ledger.recurring_rules SET occurrences_created = $2, next_occurrence = $3, updated_at = now() WHERE id = $1")
+            .bind(rule.id)
+            .bind(i32::try_from(n).unwrap_or(i32::MAX))
+            .bind(schedule.occurrence(n))
+            .execute(tx.conn())
+            .await
+            .context("failed to advance a recurring rule")?;
+        if created_now > 0 {
+            touched.push((rule.user_id, rule.account_id));
+        }
+    }
+    tx.commit().await.context("failed to commit recurring occurrences")?;
+    for (user_id, account_id) in touched {
+        platform.cache.bump(BALANCE_CACHE, &format!("{user_id}:{account_id}")).await;
+    }
+    if !rules.is_empty() {
+        tracing::info!(rules = rules.len(), "recurring occurrences created");
+    }
+    Ok(rules.len())
+}
