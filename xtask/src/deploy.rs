@@ -109,7 +109,10 @@ impl Deploy {
         let nginx = tools::require(&tools::NGINX)?;
         // Otherwise an old instance would answer `/ready` for the new one,
         // which is about to fail on the busy port.
-        for (what, address) in [("freedumb", address), ("the gateway", gateway_address)] {
+        let mut listeners = vec![("freedumb".to_owned(), address), ("the gateway".to_owned(), gateway_address)];
+        listeners
+            .extend(environment.workers().map(|(name, w)| (format!("worker {name}"), connect_address(host, w.port))));
+        for (what, address) in listeners {
             if TcpStream::connect_timeout(&address, backing::CONNECT_TIMEOUT).is_ok() {
                 bail!(
                     "something already listens on {address}, where {what} would; stop it, or deploy on other ports \
@@ -183,11 +186,31 @@ impl Deploy {
             .envs(vars.iter().map(|(k, v)| (k, v)))
             .spawn()
             .with_context(|| format!("failed to start {}", binary.display()))?;
-        let mut served = Served::new("freedumb", child, "TERM", STOP_TIMEOUT);
-
+        // Stopped in reverse order of start: the gateway first, so no new
+        // request reaches a draining process.
+        let mut processes = vec![Served::new("freedumb".to_owned(), child, "TERM", STOP_TIMEOUT)];
         let base_url = format!("http://{address}");
-        if !wait_until_ready(&mut served, &format!("{base_url}/ready"), &stop_rx)? {
-            return stop(&mut [&mut served]);
+        if !wait_until_ready(&mut processes[0], &format!("{base_url}/ready"), &stop_rx)? {
+            return stop(&mut processes);
+        }
+
+        // Each worker is a process of its own, on its own port, as in the
+        // other environments.
+        let workers: Vec<(String, u16)> = environment.workers().map(|(name, w)| (name.to_owned(), w.port)).collect();
+        for (name, port) in &workers {
+            step(&format!("starting freedumb worker {name}"));
+            let child = Command::new(&binary)
+                .args(["worker", name])
+                .envs(vars.iter().map(|(k, v)| (k, v)))
+                .env("PORT", port.to_string())
+                .env("SERVICE_NAME", format!("freedumb-worker-{name}"))
+                .spawn()
+                .with_context(|| format!("failed to start {}", binary.display()))?;
+            processes.push(Served::new(format!("worker {name}"), child, "TERM", STOP_TIMEOUT));
+            let url = format!("http://{}/ready", connect_address(host, *port));
+            if !wait_until_ready(processes.last_mut().expect("just pushed"), &url, &stop_rx)? {
+                return stop(&mut processes);
+            }
         }
 
         step("starting the nginx gateway");
@@ -200,30 +223,32 @@ impl Deploy {
             .spawn()
             .with_context(|| format!("failed to start {}", nginx.display()))?;
         // QUIT is nginx's graceful stop: open requests finish first.
-        let mut gateway = Served::new("nginx", child, "QUIT", GATEWAY_STOP_TIMEOUT);
+        processes.push(Served::new("nginx".to_owned(), child, "QUIT", GATEWAY_STOP_TIMEOUT));
         let gateway_url = format!("http://{gateway_address}");
-        if !wait_until_ready(&mut gateway, &format!("{gateway_url}/health"), &stop_rx)? {
-            return stop(&mut [&mut gateway, &mut served]);
+        if !wait_until_ready(processes.last_mut().expect("just pushed"), &format!("{gateway_url}/health"), &stop_rx)? {
+            return stop(&mut processes);
         }
-        print_hints(&gateway_url, &base_url, &self.env, served.child.id(), gateway.child.id());
+        print_hints(&gateway_url, &base_url, &self.env, &processes);
 
         loop {
             match stop_rx.recv_timeout(POLL_INTERVAL) {
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return stop(&mut [&mut gateway, &mut served]),
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return stop(&mut processes),
                 Err(RecvTimeoutError::Timeout) => {
-                    let exited = match (gateway.try_wait()?, served.try_wait()?) {
-                        (Some(status), _) => Some((gateway.name, status)),
-                        (None, Some(status)) => Some((served.name, status)),
-                        (None, None) => None,
-                    };
+                    let mut exited = None;
+                    for process in processes.iter_mut() {
+                        if let Some(status) = process.try_wait()? {
+                            exited = Some((process.name.clone(), status));
+                            break;
+                        }
+                    }
                     if let Some((name, status)) = exited {
-                        // A Ctrl-C in the terminal reaches both children as
+                        // A Ctrl-C in the terminal reaches the children as
                         // well, and they may be quicker to exit than we are
                         // to notice.
                         if stop_rx.try_recv().is_ok() {
-                            return stop(&mut [&mut gateway, &mut served]);
+                            return stop(&mut processes);
                         }
-                        let _ = stop(&mut [&mut gateway, &mut served]);
+                        let _ = stop(&mut processes);
                         bail!("{name} exited by itself: {}", describe_exit(status));
                     }
                 }
@@ -287,7 +312,7 @@ fn describe_exit(status: ExitStatus) -> String {
 /// process, so that an early return (a timeout, an error) never leaves a
 /// server behind.
 struct Served {
-    name: &'static str,
+    name: String,
     child: Child,
     status: Option<ExitStatus>,
     /// The signal that stops it gracefully, as `kill` names it.
@@ -296,7 +321,7 @@ struct Served {
 }
 
 impl Served {
-    fn new(name: &'static str, child: Child, signal: &'static str, timeout: Duration) -> Self {
+    fn new(name: String, child: Child, signal: &'static str, timeout: Duration) -> Self {
         Served { name, child, status: None, signal, timeout }
     }
 
@@ -379,12 +404,12 @@ fn wait_until_ready(served: &mut Served, url: &str, stop_rx: &Receiver<()>) -> a
     }
 }
 
-/// Stops the processes in order (the gateway first, so no new request
-/// reaches a draining service), each gracefully.
-fn stop(processes: &mut [&mut Served]) -> anyhow::Result<()> {
+/// Stops the processes in reverse order of start (the gateway first, so no
+/// new request reaches a draining process), each gracefully.
+fn stop(processes: &mut [Served]) -> anyhow::Result<()> {
     let mut failure = None;
-    for process in processes.iter_mut() {
-        if process.status.is_some() && process.status.is_some_and(|status| status.success()) {
+    for process in processes.iter_mut().rev() {
+        if process.status.is_some_and(|status| status.success()) {
             continue;
         }
         step(&format!("stopping {} (SIG{}, then it drains open requests)", process.name, process.signal));
@@ -401,11 +426,12 @@ fn stop(processes: &mut [&mut Served]) -> anyhow::Result<()> {
     failure.map_or(Ok(()), Err)
 }
 
-fn print_hints(gateway_url: &str, base_url: &str, environment: &str, pid: u32, gateway_pid: u32) {
+fn print_hints(gateway_url: &str, base_url: &str, environment: &str, processes: &[Served]) {
+    let pids: Vec<String> = processes.iter().map(|p| format!("{} pid {}", p.name, p.child.id())).collect();
     println!(
         r#"
 freedumb is ready behind the gateway at {gateway_url} (environment `{environment}`;
-freedumb pid {pid} on {base_url}, nginx pid {gateway_pid})
+{}; freedumb serves on {base_url})
 
   curl {gateway_url}/health
   curl {gateway_url}/v1/auth/register -H 'content-type: application/json' \
@@ -413,7 +439,8 @@ freedumb pid {pid} on {base_url}, nginx pid {gateway_pid})
 
   Directly, without the gateway: {base_url}/ready    API description: {base_url}/openapi.json    metrics: {base_url}/metrics
 
-Press Ctrl-C to stop it."#
+Press Ctrl-C to stop it."#,
+        pids.join(", ")
     );
 }
 

@@ -46,7 +46,8 @@ impl fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    /// The environment variables to hand to `freedumb`.
+    /// Every key and value, for tests.
+    #[cfg(test)]
     pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
         self.vars.iter().map(|(key, value)| (key.as_str(), value.as_str()))
     }

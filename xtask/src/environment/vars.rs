@@ -186,13 +186,15 @@ pub fn workload(environment: &Environment, role: Role, name: &str, workload: &Wo
     vars
 }
 
-/// The variables of the one local process (`freedumb serve` with every
-/// enabled service on the platform port), with literal values: `secret`
-/// gives a secret's value. The secrets of every enabled service, each once.
+/// The variables of the local processes (`freedumb serve` with every
+/// enabled service on the platform port; each enabled worker overrides PORT
+/// and SERVICE_NAME), with literal values: `secret` gives a secret's value.
+/// The secrets and settings of every enabled workload, each once.
 pub fn local_process(environment: &Environment, port: u16, secret: &dyn Fn(&str) -> String) -> Vec<(String, String)> {
     let platform = &environment.model.platform;
     let mut vars = shared(environment);
-    let mut secrets: Vec<String> = environment.services().flat_map(|(_, w)| secrets_of(environment, w)).collect();
+    let workloads = || environment.services().chain(environment.workers());
+    let mut secrets: Vec<String> = workloads().flat_map(|(_, w)| secrets_of(environment, w)).collect();
     secrets.sort();
     secrets.dedup();
     for name in secrets {
@@ -210,7 +212,7 @@ pub fn local_process(environment: &Environment, port: u16, secret: &dyn Fn(&str)
         vars.push((which.variable().to_owned(), url(environment, which, Flavor::Literal, secret)));
     }
     let mut extra: Vec<(String, String)> =
-        environment.services().flat_map(|(_, w)| w.env.iter().map(|(k, v)| (k.clone(), v.clone()))).collect();
+        workloads().flat_map(|(_, w)| w.env.iter().map(|(k, v)| (k.clone(), v.clone()))).collect();
     extra.sort();
     extra.dedup();
     vars.extend(extra);

@@ -324,6 +324,7 @@ fn reads(role_and_name: &str) -> Vec<&'static str> {
     vars.extend(match role_and_name {
         "auth-service" => &["JWT_REFRESH_SECRET"][..],
         "transaction-service" => &["ENCRYPTION_KEY", "RABBITMQ_URL"][..],
+        "budget-service" => &["RABBITMQ_URL"][..],
         "ai-service" => &["MONGODB_URL", "OPENAI_API_KEY"][..],
         "investment-service" => &["MARKET_DATA_API_KEY", "MARKET_DATA_API_URL"][..],
         "worker-investment-price" => &["MARKET_DATA_API_KEY"][..],
