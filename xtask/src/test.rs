@@ -1,5 +1,5 @@
-//! `cargo xtask test`: every test in the workspace, against a real Postgres
-//! and Redis.
+//! `cargo xtask test`: every test in the workspace, against a real Postgres,
+//! Redis and RabbitMQ.
 //!
 //! The integration tests need both servers. Checking first turns "forty
 //! tests failed with connection refused" into one line that says which
@@ -15,16 +15,17 @@ use clap::Args;
 use crate::backing::{self, Backing};
 use crate::process;
 
-/// The servers the integration tests use unless TEST_POSTGRES_URL and
-/// TEST_REDIS_URL say otherwise; the same defaults as
-/// `services/freedumb/tests/it/helpers.rs`.
-const SERVERS: [(&Backing, &str, &str); 2] = [
+/// The servers the integration tests use unless TEST_POSTGRES_URL,
+/// TEST_REDIS_URL and TEST_RABBITMQ_URL say otherwise; the same defaults as
+/// `freedumb_kit::testing` and `services/freedumb/tests/it/helpers.rs`.
+const SERVERS: [(&Backing, &str, &str); 3] = [
     (&backing::POSTGRES, "TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432"),
     (&backing::REDIS, "TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+    (&backing::RABBITMQ, "TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
 ];
 
 /// Run the workspace's tests (nextest when installed) against a real
-/// Postgres and Redis.
+/// Postgres, Redis and RabbitMQ.
 #[derive(Debug, Args)]
 pub struct Test {
     /// Passed on unchanged to `cargo nextest run`, or to `cargo test` when
