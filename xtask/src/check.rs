@@ -118,7 +118,7 @@ pub fn check(root: &Path, environment: &Environment) -> anyhow::Result<Report> {
     if findings.is_empty() {
         report.passed.push(format!(
             "policy: every workload passes ({})",
-            if policy::strict(environment) { "strict" } else { "compose rules" }
+            if policy::strict(environment) { "strict" } else { "findings are warnings here" }
         ));
     } else if policy::strict(environment) {
         report.failures.extend(findings.iter().map(|finding| format!("policy: {finding}")));

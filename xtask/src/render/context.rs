@@ -552,7 +552,11 @@ fn gateway_view(environment: &Environment, upstreams: Upstreams) -> GatewayView 
     GatewayView {
         domain: gateway.domain.clone(),
         tls: gateway.tls,
-        listen: gateway.listen_address.map(|address| format!("{address}:")).unwrap_or_default(),
+        listen: match gateway.listen_address {
+            Some(std::net::IpAddr::V6(address)) => format!("[{address}]:"),
+            Some(address) => format!("{address}:"),
+            None => String::new(),
+        },
         http_port: gateway.http_port,
         https_port: gateway.https_port,
         body_limit_mib: gateway.body_limit_mib,
