@@ -449,7 +449,11 @@ async fn another_users_ids_are_404_everywhere() {
     let spent = app.spend(&owner, &account, "-1.00", "2026-11-12").await;
     let category = app.ok(&owner, "POST", "/v1/categories", Some(json!({"name": "Private"}))).await;
     let intruder_account = app.account(&intruder, "USD", "0").await;
+    let rule = app
+        .ok(&owner, "POST", "/v1/recurring", Some(json!({"account_id": account["id"], "amount": "-1.00", "frequency": "monthly", "start_date": "2099-01-01"})))
+        .await;
     let (a, t, c) = (account["id"].as_str().unwrap(), spent["id"].as_str().unwrap(), category["id"].as_str().unwrap());
+    let r = rule["id"].as_str().unwrap();
 
     let attempts: Vec<(&str, String, Option<Value>)> = vec![
         ("GET", format!("/v1/accounts/{a}"), None),
@@ -489,6 +493,21 @@ async fn another_users_ids_are_404_everywhere() {
         ("DELETE", format!("/v1/categories/{c}"), None),
         ("POST", format!("/v1/categories/{c}/merge"), Some(json!({"into": c}))),
         ("POST", "/v1/categories".to_owned(), Some(json!({"name": "Sub", "parent_id": c}))),
+        ("GET", format!("/v1/recurring/{r}"), None),
+        ("PATCH", format!("/v1/recurring/{r}"), Some(json!({"active": false}))),
+        ("DELETE", format!("/v1/recurring/{r}"), None),
+        (
+            "POST",
+            "/v1/recurring".to_owned(),
+            Some(json!({"account_id": a, "amount": "-1.00", "frequency": "daily", "start_date": "2026-11-12"})),
+        ),
+        (
+            "POST",
+            "/v1/transactions/import".to_owned(),
+            Some(
+                json!({"account_id": a, "csv": "date,amount\n2026-11-12,-1.00\n", "mapping": {"date": "date", "amount": "amount"}}),
+            ),
+        ),
     ];
     for (method, path, body) in attempts {
         let response = app.send(&intruder, method, &path, body).await;
@@ -498,6 +517,8 @@ async fn another_users_ids_are_404_everywhere() {
     }
     // Nothing leaked into the intruder's view, and nothing changed.
     assert_eq!(app.ok(&intruder, "GET", "/v1/transactions", None).await["items"].as_array().unwrap().len(), 0);
+    assert_eq!(app.ok(&intruder, "GET", "/v1/recurring", None).await["items"].as_array().unwrap().len(), 0);
+    assert_eq!(app.ok(&owner, "GET", &format!("/v1/recurring/{r}"), None).await["active"], true);
     assert_eq!(app.balance(&owner, &account).await, "99.00");
     assert_eq!(app.ok(&owner, "GET", &format!("/v1/accounts/{a}"), None).await["name"], "Checking");
 }
