@@ -66,17 +66,6 @@ CREATE TABLE budget.goal_contributions (
 );
 CREATE INDEX goal_contributions_goal_idx ON budget.goal_contributions (goal_id, date);
 
--- See freedumb_kit::idempotency.
-CREATE TABLE budget.idempotency_keys (
-    user_id         uuid        NOT NULL,
-    key             text        NOT NULL,
-    request_hash    bytea       NOT NULL,
-    response_status smallint,
-    response_body   jsonb,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (user_id, key)
-);
-
 -- Bumped in every transaction that changes what a user's budget summaries
 -- show; cached summaries are keyed by it (see src/summary.rs).
 CREATE TABLE budget.summary_versions (

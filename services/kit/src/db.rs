@@ -72,7 +72,9 @@ pub async fn migrate(url: &SecretString, schema: &str, migrator: &Migrator) -> a
         .execute(&mut conn)
         .await
         .with_context(|| format!("failed to create schema {schema}"))?;
+    // The kit's own tables come first, outside the service's history.
     crate::events::create_tables(&mut conn, schema).await?;
+    crate::idempotency::create_table(&mut conn, schema).await?;
     migrator.run(&mut conn).await.with_context(|| format!("failed to apply the migrations of schema {schema}"))?;
     conn.close().await.ok();
     Ok(())

@@ -9,19 +9,8 @@
 //! attempt has finished, then replays its answer. A failed attempt (any
 //! error) rolls back and leaves the key free for the next try.
 //!
-//! Each service that uses this has, in its own schema:
-//!
-//! ```sql
-//! CREATE TABLE <schema>.idempotency_keys (
-//!     user_id         uuid        NOT NULL,
-//!     key             text        NOT NULL,
-//!     request_hash    bytea       NOT NULL,
-//!     response_status smallint,
-//!     response_body   jsonb,
-//!     created_at      timestamptz NOT NULL DEFAULT now(),
-//!     PRIMARY KEY (user_id, key)
-//! );
-//! ```
+//! The keys live in `<schema>.idempotency_keys`, which `db::migrate`
+//! creates in every service schema (see [`DDL`]).
 
 use std::pin::Pin;
 
@@ -34,6 +23,30 @@ use uuid::Uuid;
 
 use crate::db::{Db, Tx};
 use crate::error::{ApiError, ApiResult};
+
+/// The kit's table in each service schema, created by `db::migrate` before
+/// the service's migrations. Idempotent; a later change is appended as
+/// another `IF NOT EXISTS` statement, never an edit.
+pub const DDL: &str = r#"
+CREATE TABLE IF NOT EXISTS {schema}.idempotency_keys (
+    user_id         uuid        NOT NULL,
+    key             text        NOT NULL,
+    request_hash    bytea       NOT NULL,
+    response_status smallint,
+    response_body   jsonb,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, key)
+);
+"#;
+
+pub(crate) async fn create_table(conn: &mut sqlx::PgConnection, schema: &str) -> anyhow::Result<()> {
+    crate::db::check_schema(schema)?;
+    sqlx::raw_sql(&DDL.replace("{schema}", schema))
+        .execute(conn)
+        .await
+        .with_context(|| format!("failed to create the idempotency table of schema {schema}"))?;
+    Ok(())
+}
 
 pub const HEADER: &str = "idempotency-key";
 /// Set on a replayed answer, as Stripe and the IETF draft do.

@@ -78,14 +78,3 @@ CREATE TABLE ledger.transaction_splits (
     PRIMARY KEY (transaction_id, position)
 );
 CREATE INDEX transaction_splits_category_idx ON ledger.transaction_splits (category_id);
-
--- See freedumb_kit::idempotency.
-CREATE TABLE ledger.idempotency_keys (
-    user_id         uuid        NOT NULL,
-    key             text        NOT NULL,
-    request_hash    bytea       NOT NULL,
-    response_status smallint,
-    response_body   jsonb,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (user_id, key)
-);
