@@ -137,14 +137,12 @@ impl Checker<'_> {
             let name = str_at(document, &["metadata", "name"]).unwrap_or("").to_owned();
             let object = format!("{path}: {kind} {name}");
             match kind {
-                "Secret" => {
-                    if !at(document, &["data"]).is_null() || !at(document, &["stringData"]).is_null() {
-                        self.at_template(
-                            &format!("templates/{path}.tera"),
-                            object,
-                            "a Secret with values in a rendered file: supply secrets through the ExternalSecret",
-                        );
-                    }
+                "Secret" if (!at(document, &["data"]).is_null() || !at(document, &["stringData"]).is_null()) => {
+                    self.at_template(
+                        &format!("templates/{path}.tera"),
+                        object,
+                        "a Secret with values in a rendered file: supply secrets through the ExternalSecret",
+                    );
                 }
                 "HorizontalPodAutoscaler" => {
                     if let Some(min) = at(document, &["spec", "minReplicas"]).as_u64() {

@@ -316,7 +316,7 @@ impl TryFrom<String> for Cpu {
 impl Cpu {
     /// Kubernetes notation: whole cores as `2`, the rest as `250m`.
     pub fn kubernetes(self) -> String {
-        if self.0 % 1000 == 0 { (self.0 / 1000).to_string() } else { format!("{}m", self.0) }
+        if self.0.is_multiple_of(1000) { (self.0 / 1000).to_string() } else { format!("{}m", self.0) }
     }
 
     /// Compose notation: cores as a decimal, `0.25`.
@@ -357,12 +357,12 @@ impl TryFrom<String> for Memory {
 
 impl Memory {
     pub fn kubernetes(self) -> String {
-        if self.0 % 1024 == 0 { format!("{}Gi", self.0 / 1024) } else { format!("{}Mi", self.0) }
+        if self.0.is_multiple_of(1024) { format!("{}Gi", self.0 / 1024) } else { format!("{}Mi", self.0) }
     }
 
     /// Compose (docker) notation, binary units: `512M`, `1G`.
     pub fn compose(self) -> String {
-        if self.0 % 1024 == 0 { format!("{}G", self.0 / 1024) } else { format!("{}M", self.0) }
+        if self.0.is_multiple_of(1024) { format!("{}G", self.0 / 1024) } else { format!("{}M", self.0) }
     }
 }
 

@@ -176,12 +176,12 @@ fn ports(env: &Environment) -> Result {
     let mut taken: BTreeMap<u16, String> = BTreeMap::new();
     let gateway = &env.model.gateway;
     taken.insert(gateway.http_port, "gateway.http_port".to_owned());
-    if gateway.tls {
-        if let Some(other) = taken.insert(gateway.https_port, "gateway.https_port".to_owned()) {
-            return Err(
-                env.error_at(&key(&["gateway", "https_port"]), format!("port {} is also {other}", gateway.https_port))
-            );
-        }
+    if gateway.tls
+        && let Some(other) = taken.insert(gateway.https_port, "gateway.https_port".to_owned())
+    {
+        return Err(
+            env.error_at(&key(&["gateway", "https_port"]), format!("port {} is also {other}", gateway.https_port))
+        );
     }
     if env.model.kind == Kind::Local
         && let Some(port) = env.model.platform.port
