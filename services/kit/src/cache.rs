@@ -109,28 +109,31 @@ impl Cache {
                 tracing::warn!(error = %format!("{err:#}"), cache_key_prefix = prefix, "cache read failed; loading from the database")
             }
         }
+        self.load_and_store(prefix, Some(key), ttl, load).await
+    }
+
+    /// A miss: counts it, loads, and stores the value under `key` (none when
+    /// Redis could not even say which key).
+    async fn load_and_store<T, E, F, Fut>(
+        &self,
+        prefix: &'static str,
+        key: Option<String>,
+        ttl: Duration,
+        load: F,
+    ) -> Result<Option<T>, E>
+    where
+        T: Serialize,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
         self.metrics.cache_miss(prefix);
         let value = load().await?;
-        if let Some(value) = &value
+        if let (Some(value), Some(key)) = (&value, key)
             && let Err(err) = self.write(&key, value, ttl).await
         {
             tracing::warn!(error = %format!("{err:#}"), cache_key_prefix = prefix, "cache write failed");
         }
         Ok(value)
-    }
-
-    /// Drops `prefix:id`; call after every write to what it caches.
-    pub async fn invalidate(&self, prefix: &'static str, id: &str) {
-        let key = self.redis.key(&format!("cache:{prefix}:{id}"));
-        let result: anyhow::Result<()> = async {
-            let mut conn = self.redis.conn().await?;
-            redis::cmd("DEL").arg(&key).query_async::<()>(&mut conn).await?;
-            Ok(())
-        }
-        .await;
-        if let Err(err) = result {
-            tracing::warn!(error = %format!("{err:#}"), cache_key_prefix = prefix, "cache invalidation failed");
-        }
     }
 
     /// Like [`Cache::get_or_load`], for values that writers change often.
@@ -165,14 +168,7 @@ impl Cache {
                 None
             }
         };
-        self.metrics.cache_miss(prefix);
-        let value = load().await?;
-        if let (Some(value), Some(version)) = (&value, version)
-            && let Err(err) = self.write(&format!("{base}:v{version}"), value, ttl).await
-        {
-            tracing::warn!(error = %format!("{err:#}"), cache_key_prefix = prefix, "cache write failed");
-        }
-        Ok(value)
+        self.load_and_store(prefix, version.map(|v| format!("{base}:v{v}")), ttl, load).await
     }
 
     /// Moves `prefix:id` to a new version; call after committing a write.
