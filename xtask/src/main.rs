@@ -8,8 +8,11 @@
 
 mod backing;
 mod bench;
+mod build;
 mod check;
+mod containers;
 mod deploy;
+mod docker;
 mod environment;
 mod policy;
 mod process;
@@ -42,6 +45,10 @@ enum Command {
     Render(render::Render),
     Check(check::Check),
     BenchRender(bench::BenchRender),
+    Build(build::Build),
+    Status(containers::Status),
+    Logs(containers::Logs),
+    Down(containers::Down),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +60,10 @@ fn main() -> ExitCode {
         Command::Render(cmd) => cmd.run(&root),
         Command::Check(cmd) => cmd.run(&root),
         Command::BenchRender(cmd) => cmd.run(&root),
+        Command::Build(cmd) => cmd.run(&root),
+        Command::Status(cmd) => cmd.run(&root),
+        Command::Logs(cmd) => cmd.run(&root),
+        Command::Down(cmd) => cmd.run(&root),
     };
     // Printed by hand rather than by returning the error from `main`: that
     // would add a stack trace whenever RUST_BACKTRACE is set, and the

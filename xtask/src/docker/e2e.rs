@@ -1,0 +1,152 @@
+//! End to end against the real Docker engine (`.ci/run` starts one): the
+//! offline image is built through the API, migrates as a one-off container,
+//! serves on the host network against the local Postgres, Redis and
+//! RabbitMQ, shows up in `status` and `logs`, and `down` leaves nothing
+//! behind. These tests fail, never skip, when the engine is absent.
+//!
+//! The image holds the dev-profile `freedumb` (the one the workspace's tests
+//! build), so it is tagged and labelled `debug`.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use super::{Engine, LABEL_PROJECT, LABEL_SERVICE, Spec};
+use crate::build::{Built, build_offline};
+use crate::containers::{self, Row};
+use crate::environment::{self, vars};
+
+fn engine() -> Engine {
+    Engine::connect().unwrap_or_else(|err| panic!("{err:#}"))
+}
+
+fn debug_image(engine: &Engine) -> Built {
+    let root = crate::project_root();
+    let binary = crate::freedumb_debug_binary(&root);
+    assert!(binary.is_file(), "{} is missing; `cargo build -p freedumb` (cargo xtask test does)", binary.display());
+    build_offline(engine, &root, &binary, true, 1001, &mut std::io::sink()).unwrap_or_else(|err| panic!("{err:#}"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A project of its own per test, and a database of its own; both go when
+/// the test ends, whether it passed or not.
+struct Deployment<'a> {
+    engine: &'a Engine,
+    project: String,
+    database: String,
+}
+
+impl<'a> Deployment<'a> {
+    fn new(engine: &'a Engine, test: &str) -> Self {
+        let id = format!("{test}_{}_{}", std::process::id(), free_port());
+        Deployment { engine, project: format!("freedumb-e2e-{id}").replace('_', "-"), database: format!("e2e_{id}") }
+    }
+
+    /// The local environment's variables for one process, on `port`, with
+    /// this test's database and Redis key prefix and throwaway secrets.
+    fn env(&self, port: u16) -> Vec<(String, String)> {
+        let environment = environment::load(&crate::project_root(), "local").unwrap();
+        let secret = |name: &str| match name {
+            "ENCRYPTION_KEY" => "ab".repeat(32),
+            _ => format!("{name}-for-the-docker-end-to-end-test"),
+        };
+        let mut env = vars::local_process(&environment, port, &secret);
+        for (key, value) in env.iter_mut() {
+            match key.as_str() {
+                "DATABASE_URL" => *value = format!("postgres://postgres@127.0.0.1:5432/{}", self.database),
+                "REDIS_KEY_PREFIX" => *value = format!("{}:", self.project),
+                "LOG_FORMAT" => *value = "json".to_owned(),
+                _ => {}
+            }
+        }
+        env
+    }
+
+    fn spec<'s>(&self, image: &'s str, service: &str, command: &[&str], probe: Option<String>, port: u16) -> Spec<'s> {
+        Spec {
+            image,
+            command: command.iter().map(|arg| (*arg).to_owned()).collect(),
+            env: self.env(port),
+            labels: BTreeMap::from([
+                (LABEL_PROJECT.to_owned(), self.project.clone()),
+                (LABEL_SERVICE.to_owned(), service.to_owned()),
+            ]),
+            probe,
+            interval: Duration::from_millis(500),
+            stop_timeout_secs: 35,
+        }
+    }
+}
+
+impl Drop for Deployment<'_> {
+    fn drop(&mut self) {
+        if let Err(err) = containers::down(self.engine, &self.project, true) {
+            eprintln!("cleaning up {}: {err:#}", self.project);
+        }
+        let _ = std::process::Command::new("dropdb")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", &self.database])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn the_offline_image_migrates_serves_is_listed_and_goes_down() {
+    let engine = engine();
+    let built = debug_image(&engine);
+    assert!(built.image.starts_with("freedumb:") && built.image.ends_with("-debug"), "{}", built.image);
+    let deployment = Deployment::new(&engine, "serve");
+    let port = free_port();
+
+    // Migrations: a one-off container that must exit 0 before anything serves.
+    let migrate = format!("{}-migrate", deployment.project);
+    let spec = deployment.spec(&built.image, "migrate", &["migrate", "auth", "--create-database"], None, port);
+    engine.run(&migrate, spec.body()).unwrap();
+    let code = engine.wait(&migrate).unwrap();
+    assert_eq!(code, 0, "migrate failed:\n{}", engine.last_log_lines(&migrate, 20));
+
+    let auth = format!("{}-auth-1", deployment.project);
+    let probe = format!("http://127.0.0.1:{port}/ready");
+    let spec = deployment.spec(&built.image, "auth", &["serve", "auth"], Some(probe.clone()), port);
+    engine.run(&auth, spec.body()).unwrap();
+    engine.wait_healthy(&auth, Instant::now() + Duration::from_secs(60)).unwrap_or_else(|err| panic!("{err:#}"));
+
+    let answer = ureq::get(&probe).call().unwrap();
+    assert_eq!(answer.status(), 200);
+    let rows = containers::status(&engine, &deployment.project).unwrap();
+    let summary: Vec<(&str, &str, &str)> =
+        rows.iter().map(|row: &Row| (row.service.as_str(), row.state.as_str(), row.health.as_str())).collect();
+    assert_eq!(summary, [("auth", "running", "healthy"), ("migrate", "exited", "none")]);
+    assert!(rows.iter().all(|row| row.image == built.image && row.restarts == 0), "{rows:?}");
+    let mut log = Vec::new();
+    engine.logs(&auth, None, false, &mut log).unwrap();
+    assert!(String::from_utf8_lossy(&log).contains("\"level\""), "{}", String::from_utf8_lossy(&log));
+
+    let removed = containers::down(&engine, &deployment.project, true).unwrap();
+    assert_eq!(removed, [auth, migrate], "the gateway (none here) first, then the rest by name");
+    assert!(containers::status(&engine, &deployment.project).unwrap().is_empty());
+    assert!(ureq::get(&probe).call().is_err(), "nothing answers once the deployment is down");
+}
+
+#[test]
+fn a_replica_that_never_gets_healthy_is_reported_with_its_last_log_lines() {
+    let engine = engine();
+    let built = debug_image(&engine);
+    let deployment = Deployment::new(&engine, "broken");
+    let port = free_port();
+    let name = format!("{}-auth-1", deployment.project);
+    let mut spec =
+        deployment.spec(&built.image, "auth", &["serve", "auth"], Some(format!("http://127.0.0.1:{port}/ready")), port);
+    // A configuration error: freedumb exits 2 at once, naming the variable.
+    spec.env.retain(|(key, _)| key != "JWT_ACCESS_SECRET");
+    spec.env.push(("JWT_ACCESS_SECRET".to_owned(), "short".to_owned()));
+
+    engine.run(&name, spec.body()).unwrap();
+    let err = engine.wait_healthy(&name, Instant::now() + Duration::from_secs(30)).unwrap_err().to_string();
+
+    assert!(err.contains(&name), "{err}");
+    assert!(err.contains("JWT_ACCESS_SECRET"), "the log line naming the variable is in the error: {err}");
+}

@@ -1,0 +1,206 @@
+//! The offline image: a build context, made in memory, that needs no base
+//! image and no registry. It holds the `freedumb` binary, exactly the shared
+//! libraries it links (as `ldd` resolves them on this machine, so the image
+//! runs the same glibc the binary was linked against), the system's CA
+//! certificates and an `/etc/passwd` naming the unprivileged user, laid out
+//! under `rootfs/` and copied onto `scratch` by a five-line Dockerfile.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Where the binary lives in the image; the Dockerfile's entry point.
+pub const BINARY_PATH: &str = "/usr/local/bin/freedumb";
+/// Debian's bundle of every trusted CA, where rustls-native-certs and
+/// OpenSSL look first.
+pub const CA_CERTIFICATES: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// What goes into the image, before it is packed.
+#[derive(Debug)]
+pub struct Offline {
+    pub binary: PathBuf,
+    /// Path in the image → file on this machine. `ldd` names the path the
+    /// loader will look for; the content is read through any symlink.
+    pub libraries: BTreeMap<String, PathBuf>,
+    pub ca_certificates: PathBuf,
+    pub uid: u32,
+    /// `LABEL`s of the image (OCI annotations and ours).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Offline {
+    /// The image for `binary`, with its libraries found by `ldd`.
+    pub fn for_binary(binary: &Path, uid: u32, labels: BTreeMap<String, String>) -> anyhow::Result<Self> {
+        let output = Command::new("ldd")
+            .arg(binary)
+            .output()
+            .with_context(|| format!("failed to run `ldd {}` (Debian's libc-bin has it)", binary.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        // A static binary makes ldd exit 1 with "not a dynamic executable".
+        let libraries = if !output.status.success() && !stdout.contains("=>") {
+            BTreeMap::new()
+        } else {
+            linked_libraries(&stdout).with_context(|| format!("`ldd {}`", binary.display()))?
+        };
+        let ca_certificates = PathBuf::from(CA_CERTIFICATES);
+        if !ca_certificates.is_file() {
+            bail!("{CA_CERTIFICATES} is missing; install Debian's ca-certificates package");
+        }
+        Ok(Offline { binary: binary.to_owned(), libraries, ca_certificates, uid, labels })
+    }
+
+    /// The Dockerfile: everything is already laid out under `rootfs/`.
+    /// Exec-form health check, since there is no shell in the image.
+    pub fn dockerfile(&self) -> String {
+        let uid = self.uid;
+        let mut text = String::from(
+            "# The offline freedumb image: no base image, made by `cargo xtask build`.\nFROM scratch\nCOPY rootfs/ /\n",
+        );
+        for (key, value) in &self.labels {
+            text.push_str(&format!(
+                "LABEL {}={}\n",
+                serde_json::to_string(key).unwrap(),
+                serde_json::to_string(value).unwrap()
+            ));
+        }
+        text.push_str(&format!(
+            "USER {uid}:{uid}\nEXPOSE 3000\n\
+             HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 CMD [\"{BINARY_PATH}\", \"healthcheck\"]\n\
+             ENTRYPOINT [\"{BINARY_PATH}\"]\nCMD [\"serve\", \"all\"]\n"
+        ));
+        text
+    }
+
+    /// `/etc/passwd` and `/etc/group` with root and the service user, so
+    /// that `USER` resolves to a name and nothing runs as an unknown uid.
+    fn passwd(&self) -> (String, String) {
+        let uid = self.uid;
+        (
+            format!(
+                "root:x:0:0:root:/root:/sbin/nologin\nfreedumb:x:{uid}:{uid}:freedumb:/nonexistent:/sbin/nologin\n"
+            ),
+            format!("root:x:0:\nfreedumb:x:{uid}:\n"),
+        )
+    }
+
+    /// The build context as a tar archive. Every entry has a fixed mtime and
+    /// owner, so the same inputs give the same archive, and the engine's
+    /// build cache gives the same image.
+    pub fn context(&self) -> anyhow::Result<Vec<u8>> {
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, mode: u32, data: &[u8]| -> anyhow::Result<()> {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(mode);
+            header.set_mtime(0);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_entry_type(tar::EntryType::Regular);
+            archive.append_data(&mut header, path, data).with_context(|| format!("failed to add {path} to the context"))
+        };
+        add("Dockerfile", 0o644, self.dockerfile().as_bytes())?;
+        let read = |path: &Path| fs::read(path).with_context(|| format!("failed to read {}", path.display()));
+        add(&format!("rootfs{BINARY_PATH}"), 0o755, &read(&self.binary)?)?;
+        for (in_image, on_host) in &self.libraries {
+            add(&format!("rootfs{in_image}"), 0o755, &read(on_host)?)?;
+        }
+        add(&format!("rootfs{CA_CERTIFICATES}"), 0o644, &read(&self.ca_certificates)?)?;
+        let (passwd, group) = self.passwd();
+        add("rootfs/etc/passwd", 0o644, passwd.as_bytes())?;
+        add("rootfs/etc/group", 0o644, group.as_bytes())?;
+        archive.into_inner().context("failed to finish the build context")
+    }
+}
+
+/// The libraries in `ldd`'s output, by the absolute path the loader uses.
+/// The vDSO has no file and is skipped; a library `ldd` cannot find is an
+/// error, since the image would not start.
+pub fn linked_libraries(ldd: &str) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let mut libraries = BTreeMap::new();
+    for line in ldd.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        let path = match line.split_once("=>") {
+            Some((name, target)) => {
+                let target = target.trim();
+                if target.starts_with("not found") {
+                    bail!("{} is not found on this machine", name.trim());
+                }
+                target.split_whitespace().next().unwrap_or_default()
+            }
+            // The loader itself (`/lib64/ld-linux-x86-64.so.2 (0x...)`) or the vDSO.
+            None => line.split_whitespace().next().unwrap_or_default(),
+        };
+        if path.starts_with('/') {
+            libraries.insert(path.to_owned(), PathBuf::from(path));
+        }
+    }
+    Ok(libraries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LDD: &str = "\tlinux-vdso.so.1 (0x00007ffc1d5f2000)
+\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f0e1c0b9000)
+\tlibm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x00007f0e1bfd9000)
+\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f0e1ade5000)
+\t/lib64/ld-linux-x86-64.so.2 (0x00007f0e1c0ec000)
+";
+
+    #[test]
+    fn the_loader_and_each_resolved_library_are_taken_and_the_vdso_is_not() {
+        let libraries = linked_libraries(LDD).unwrap();
+        let paths: Vec<&str> = libraries.keys().map(String::as_str).collect();
+        assert_eq!(
+            paths,
+            [
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib/x86_64-linux-gnu/libm.so.6",
+                "/lib64/ld-linux-x86-64.so.2",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_library_ldd_cannot_find_is_an_error() {
+        let err = linked_libraries("\tlibssl.so.3 => not found\n").unwrap_err().to_string();
+        assert_eq!(err, "libssl.so.3 is not found on this machine");
+    }
+
+    #[test]
+    fn the_context_holds_the_binary_its_libraries_certificates_and_user() {
+        // Any small dynamically linked program will do.
+        let binary = Path::new("/bin/true");
+        let labels = BTreeMap::from([("org.opencontainers.image.revision".to_owned(), "abc".to_owned())]);
+        let offline = Offline::for_binary(binary, 1001, labels).unwrap();
+
+        let context = offline.context().unwrap();
+
+        let mut archive = tar::Archive::new(context.as_slice());
+        let mut entries = BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            entries.insert(entry.path().unwrap().to_string_lossy().into_owned(), entry.header().mode().unwrap());
+        }
+        assert_eq!(entries.get("rootfs/usr/local/bin/freedumb"), Some(&0o755));
+        assert_eq!(entries.get("rootfs/etc/ssl/certs/ca-certificates.crt"), Some(&0o644));
+        assert!(entries.contains_key("rootfs/lib64/ld-linux-x86-64.so.2"), "{entries:?}");
+        assert!(entries.keys().any(|path| path.ends_with("/libc.so.6")), "{entries:?}");
+        assert!(entries.contains_key("rootfs/etc/passwd"));
+        let dockerfile = offline.dockerfile();
+        assert!(dockerfile.contains("FROM scratch\n"), "{dockerfile}");
+        assert!(dockerfile.contains("USER 1001:1001\n"), "{dockerfile}");
+        assert!(dockerfile.contains("LABEL \"org.opencontainers.image.revision\"=\"abc\"\n"), "{dockerfile}");
+        assert!(offline.passwd().0.contains("freedumb:x:1001:1001:"));
+    }
+
+    #[test]
+    fn the_same_inputs_give_the_same_context() {
+        let offline = Offline::for_binary(Path::new("/bin/true"), 1001, BTreeMap::new()).unwrap();
+        assert!(offline.context().unwrap() == offline.context().unwrap());
+    }
+}
