@@ -14,6 +14,7 @@ mod containers;
 mod deploy;
 mod docker;
 mod environment;
+mod loadtest;
 mod policy;
 mod process;
 mod render;
@@ -49,6 +50,7 @@ enum Command {
     Status(containers::Status),
     Logs(containers::Logs),
     Down(containers::Down),
+    Loadtest(loadtest::Loadtest),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Status(cmd) => cmd.run(&root),
         Command::Logs(cmd) => cmd.run(&root),
         Command::Down(cmd) => cmd.run(&root),
+        Command::Loadtest(cmd) => cmd.run(&root),
     };
     // Printed by hand rather than by returning the error from `main`: that
     // would add a stack trace whenever RUST_BACKTRACE is set, and the

@@ -1,0 +1,470 @@
+//! `cargo xtask loadtest`: the goose journeys in `loadtests/` against a
+//! local deployment, judged against service level objectives.
+//!
+//! This module picks what a run needs and hands it to the `loadtests`
+//! binary, which does the work (the toolkit never links goose): the target
+//! (the environment's gateway, or its platform port with `--target
+//! platform`), the platform's `/metrics` for the server-side cross-check,
+//! the objectives (`loadtests/slo.toml` for the environment, plus `--slo`),
+//! and a fresh run folder under `target/loadtest/`. The binary exits 2 when
+//! an objective is breached or a baseline regressed, after printing a table
+//! of every breach; this exits non-zero with it.
+//!
+//! Every target must be a loopback address: a load test from this command
+//! never leaves the machine.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use crate::environment::{self, Kind};
+use crate::process;
+
+/// The objectives file, relative to the project root.
+pub const SLO_FILE: &str = "loadtests/slo.toml";
+
+/// Run the goose load test (loadtests/) against a local deployment.
+#[derive(Debug, Args)]
+pub struct Loadtest {
+    /// The environment whose deployment to load, as in environments/NAME.toml
+    /// (a local one: `cargo xtask deploy --env NAME` runs it).
+    #[arg(long, value_name = "NAME", default_value = "local")]
+    env: String,
+    /// Where the requests go: the environment's gateway (rate limits and all,
+    /// as users see it) or the platform's own port.
+    #[arg(long, value_enum, default_value_t = Target::Gateway)]
+    target: Target,
+    /// A loopback base URL instead of the environment's (a platform started
+    /// by hand or by a test).
+    #[arg(long, value_name = "URL")]
+    host: Option<String>,
+    /// The platform's `/metrics` for the cross-check; by default the
+    /// environment's platform port, or HOST's when --host is given.
+    #[arg(long, value_name = "URL")]
+    metrics_url: Option<String>,
+    /// Concurrent virtual users.
+    #[arg(long, default_value_t = 16)]
+    users: usize,
+    /// Users started per second.
+    #[arg(long, default_value = "8")]
+    hatch_rate: String,
+    /// How long to hold the users once started, as goose reads it: 60s, 5m.
+    #[arg(long, default_value = "60s")]
+    duration: String,
+    /// The journeys: the weighted mix, one of them, or `readpath` (the
+    /// benchmark's list-a-page loop).
+    #[arg(long, default_value = "mix", value_parser = ["mix", "onboarding", "daily", "dashboard", "readpath"])]
+    scenario: String,
+    /// Each user's pause between steps in ms, MIN..MAX; by default 500..1500
+    /// through the gateway (whose per-client rate limits a human respects)
+    /// and none against the platform.
+    #[arg(long, value_name = "MS")]
+    think_time: Option<String>,
+    /// An extra objective in goose's threshold syntax, such as
+    /// "p99<25ms for GET /v1/transactions?limit=50"; repeatable.
+    #[arg(long = "slo", value_name = "RULE")]
+    slos: Vec<String>,
+    /// Ignore the objectives in loadtests/slo.toml; only --slo counts.
+    #[arg(long)]
+    no_slo_file: bool,
+    /// An earlier run's folder or summary.json: a regression beyond
+    /// --baseline-tolerance fails the run, and goose's reports show deltas.
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
+    /// Allowed regression against --baseline, in percent.
+    #[arg(long, default_value_t = 10.0)]
+    baseline_tolerance: f64,
+    /// How far client and server counts may differ, in percent.
+    #[arg(long, default_value_t = 1.0)]
+    crosscheck_tolerance: f64,
+    /// A ten-second, low-rate run that must have zero errors and a clean
+    /// cross-check (the CI gate); overrides --users, --hatch-rate, --duration.
+    #[arg(long)]
+    smoke: bool,
+    /// Build `loadtests` with the dev profile (quicker to build; the figures
+    /// are not comparable). --smoke implies it.
+    #[arg(long)]
+    debug: bool,
+    /// A label for the run folder and the summary.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Target {
+    Gateway,
+    Platform,
+}
+
+/// One environment's objectives in loadtests/slo.toml.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Objectives {
+    error_rate_percent: Option<f64>,
+    min_requests_per_second: Option<f64>,
+    #[serde(default)]
+    latency: BTreeMap<String, Latency>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Latency {
+    p95: Option<String>,
+    p99: Option<String>,
+}
+
+impl Objectives {
+    /// The objectives as goose threshold rules.
+    pub fn rules(&self) -> Vec<String> {
+        let mut rules = Vec::new();
+        if let Some(rate) = self.error_rate_percent {
+            rules.push(format!("error-rate<={rate}%"));
+        }
+        if let Some(rps) = self.min_requests_per_second {
+            rules.push(format!("rps>={rps}"));
+        }
+        for (request, latency) in &self.latency {
+            let suffix = if request == "all" { String::new() } else { format!(" for {request}") };
+            for (name, bound) in [("p95", &latency.p95), ("p99", &latency.p99)] {
+                if let Some(bound) = bound {
+                    rules.push(format!("{name}<{bound}{suffix}"));
+                }
+            }
+        }
+        rules
+    }
+}
+
+/// The objectives for `table` (an environment name or `smoke`), or none when
+/// the file has no such table.
+pub fn objectives(root: &Path, table: &str) -> anyhow::Result<Objectives> {
+    let path = root.join(SLO_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("failed to read {}", path.display()))?;
+    let mut all: BTreeMap<String, Objectives> =
+        toml::from_str(&text).with_context(|| format!("{} is not a valid objectives file", path.display()))?;
+    Ok(all.remove(table).unwrap_or_default())
+}
+
+impl Loadtest {
+    pub fn run(&self, root: &Path) -> anyhow::Result<()> {
+        let environment = environment::load(root, &self.env)?;
+        if environment.model.kind != Kind::Local {
+            bail!(
+                "environment `{}` is a {} environment; load tests run against local deployments only \
+                 (`cargo xtask deploy --env NAME`), so that no load leaves this machine",
+                self.env,
+                environment.model.kind
+            );
+        }
+        let platform = &environment.model.platform;
+        let (Some(host), Some(port)) = (platform.host, platform.port) else {
+            bail!("environment `{}` has no platform.host or platform.port", self.env);
+        };
+        let platform_url = base_url(host, port);
+        let gateway = &environment.model.gateway;
+        let gateway_url =
+            base_url(gateway.listen_address.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), gateway.http_port);
+        let target = match (&self.host, self.target) {
+            (Some(host), _) => host.trim_end_matches('/').to_owned(),
+            (None, Target::Gateway) => gateway_url,
+            (None, Target::Platform) => platform_url.clone(),
+        };
+        let metrics_url = match (&self.metrics_url, &self.host) {
+            (Some(url), _) => url.clone(),
+            (None, Some(host)) => format!("{}/metrics", host.trim_end_matches('/')),
+            (None, None) => format!("{platform_url}/metrics"),
+        };
+        for url in [&target, &metrics_url] {
+            require_loopback(url)?;
+        }
+
+        let mut rules = Vec::new();
+        if !self.no_slo_file {
+            let table = if self.smoke { "smoke" } else { self.env.as_str() };
+            rules = objectives(root, table)?.rules();
+        }
+        rules.extend(self.slos.iter().cloned());
+
+        let (users, hatch_rate, duration) = if self.smoke {
+            (4, "2".to_owned(), "10s".to_owned())
+        } else {
+            (self.users, self.hatch_rate.clone(), self.duration.clone())
+        };
+        let through_gateway = self.host.is_none() && self.target == Target::Gateway;
+        let think_time = match (&self.think_time, self.smoke, through_gateway) {
+            (Some(think), _, _) => think.clone(),
+            (None, true, _) => "200..500".to_owned(),
+            (None, false, true) => "500..1500".to_owned(),
+            (None, false, false) => "0".to_owned(),
+        };
+
+        let release = !(self.debug || self.smoke);
+        eprintln!("==> building loadtests");
+        let mut build = process::cargo();
+        build.current_dir(root).arg("build");
+        if release {
+            build.arg("--release");
+        }
+        process::run(build.args(["-p", "loadtests"]))?;
+        let binary = target_dir(root).join(if release { "release" } else { "debug" }).join("loadtests");
+        if !binary.is_file() {
+            bail!(
+                "cargo built loadtests, but {} does not exist; set CARGO_TARGET_DIR rather than build.target-dir",
+                binary.display()
+            );
+        }
+
+        let label = if self.smoke { "smoke".to_owned() } else { self.label.clone() };
+        let out = run_folder(root, &self.scenario, &label)?;
+        let mut cmd = Command::new(&binary);
+        cmd.arg("run")
+            .args(["--scenario", &self.scenario, "--think-time", &think_time])
+            .args(["--metrics-url", &metrics_url])
+            .args(["--crosscheck-tolerance", &self.crosscheck_tolerance.to_string()])
+            .args(["--baseline-tolerance", &self.baseline_tolerance.to_string()])
+            .arg("--out")
+            .arg(&out)
+            .args(["--label", &format!("{} {}", self.env, label).trim().to_owned()])
+            .args(["--host", &target, "--users", &users.to_string()])
+            .args(["--increase-rate", &hatch_rate, "--run-time", &duration])
+            .args(["--quiet", "--no-print-metrics"]);
+        if let Some(baseline) = &self.baseline {
+            cmd.arg("--baseline").arg(baseline);
+        }
+        if self.smoke {
+            cmd.arg("--fail-on-mismatch");
+        }
+        for rule in &rules {
+            cmd.args(["--threshold", rule]);
+        }
+        eprintln!(
+            "==> {} users ({} per second) for {duration} on {target}, scenario {}, think time {think_time} ms",
+            users, hatch_rate, self.scenario
+        );
+        eprintln!("    objectives: {}", if rules.is_empty() { "none".to_owned() } else { rules.join(", ") });
+        let shown = process::display(&cmd);
+        let status = cmd.status().with_context(|| format!("failed to start `{shown}`"))?;
+        match status.code() {
+            Some(0) => Ok(()),
+            Some(2) => bail!(
+                "the load test failed its objectives, its baseline or its cross-check: see the table above and {}",
+                out.join("summary.md").display()
+            ),
+            _ => bail!("`{shown}` failed: {status}"),
+        }
+    }
+}
+
+fn base_url(host: IpAddr, port: u16) -> String {
+    // A wildcard listen address is reached on loopback.
+    let host = match host {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    match host {
+        IpAddr::V4(ip) => format!("http://{ip}:{port}"),
+        IpAddr::V6(ip) => format!("http://[{ip}]:{port}"),
+    }
+}
+
+/// Refuses any URL whose host is not a loopback address (or `localhost`).
+fn require_loopback(url: &str) -> anyhow::Result<()> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let authority = rest.and_then(|rest| rest.split(['/', '?']).next()).unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        bail!("{url}: load tests only target loopback addresses (127.0.0.0/8, ::1, localhost)");
+    }
+    Ok(())
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// `target/loadtest/<UTC time>-<scenario>[-label]`, new for every run.
+fn run_folder(root: &Path, scenario: &str, label: &str) -> anyhow::Result<PathBuf> {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?.as_secs();
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let (y, m, d) = civil_from_days(days);
+    let stamp = format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rest / 3600, rest / 60 % 60, rest % 60);
+    let slug: String =
+        label.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let name = if slug.trim_matches('-').is_empty() {
+        format!("{stamp}-{scenario}")
+    } else {
+        format!("{stamp}-{scenario}-{}", slug.trim_matches('-'))
+    };
+    let parent = target_dir(root).join("loadtest");
+    for n in 1.. {
+        let dir = if n == 1 { parent.join(&name) } else { parent.join(format!("{name}-{n}")) };
+        match std::fs::create_dir_all(&parent).and_then(|()| std::fs::create_dir(&dir)) {
+            Ok(()) => return Ok(dir),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => return Err(err).with_context(|| format!("failed to create {}", dir.display())),
+        }
+    }
+    unreachable!()
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to a date.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::environment::vars;
+
+    #[test]
+    fn the_objectives_file_parses_into_goose_rules() {
+        let root = crate::project_root();
+        let local = objectives(&root, "local").unwrap().rules();
+        assert!(local.contains(&"error-rate<=1%".to_owned()), "{local:?}");
+        assert!(local.contains(&"p99<250ms for GET /v1/transactions?limit=50".to_owned()), "{local:?}");
+        assert!(local.contains(&"p95<250ms".to_owned()), "`all` judges every request: {local:?}");
+        assert_eq!(objectives(&root, "smoke").unwrap().rules(), ["error-rate<=0%"]);
+        assert_eq!(objectives(&root, "no-such-environment").unwrap(), Objectives::default());
+    }
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        for url in ["http://127.0.0.1:3000", "http://127.9.0.1", "http://localhost:8080/x", "http://[::1]:3000"] {
+            require_loopback(url).unwrap_or_else(|err| panic!("{url}: {err}"));
+        }
+        for url in ["http://10.0.0.1:3000", "https://example.com", "http://[2001:db8::1]:80", "ftp://127.0.0.1"] {
+            assert!(require_loopback(url).is_err(), "{url} was accepted");
+        }
+    }
+
+    #[test]
+    fn dates_come_out_as_the_calendar_says() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_419), (2025, 11, 27));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// A `freedumb serve all` of the test's own, on its own database, Redis
+    /// key prefix and RabbitMQ exchange; stopped and its database dropped
+    /// when the test ends, passed or not.
+    struct Platform {
+        child: Child,
+        database: String,
+        url: String,
+    }
+
+    impl Platform {
+        fn start() -> Platform {
+            let root = crate::project_root();
+            let binary = crate::freedumb_debug_binary(&root);
+            assert!(
+                binary.is_file(),
+                "{} is missing; `cargo build -p freedumb` (cargo xtask test does)",
+                binary.display()
+            );
+            let environment = environment::load(&root, "local").unwrap();
+            let port = free_port();
+            let id = format!("loadtest_smoke_{}_{port}", std::process::id());
+            let secret = |name: &str| match name {
+                "ENCRYPTION_KEY" => "ab".repeat(32),
+                _ => format!("{name}-for-the-load-test-smoke-run"),
+            };
+            let mut env: BTreeMap<String, String> =
+                vars::local_process(&environment, port, &secret).into_iter().collect();
+            env.insert("DATABASE_URL".into(), format!("postgres://postgres@127.0.0.1:5432/{id}"));
+            env.insert("REDIS_KEY_PREFIX".into(), format!("{id}:"));
+            env.insert("EVENTS_EXCHANGE".into(), format!("test.events.{id}"));
+            env.insert("LOG_LEVEL".into(), "warn".into());
+            let migrate = Command::new(&binary).args(["migrate", "--create-database"]).envs(&env).output().unwrap();
+            assert!(
+                migrate.status.success(),
+                "freedumb migrate failed (are Postgres, Redis and RabbitMQ running? `cargo xtask test` checks): {}",
+                String::from_utf8_lossy(&migrate.stderr)
+            );
+            let child = Command::new(&binary)
+                .args(["serve", "all"])
+                .envs(&env)
+                .stdout(Stdio::null())
+                .stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+                .spawn()
+                .unwrap();
+            let platform = Platform { child, database: id, url: format!("http://127.0.0.1:{port}") };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while ureq::get(&format!("{}/ready", platform.url)).call().is_err() {
+                assert!(Instant::now() < deadline, "freedumb did not answer /ready within 60 s");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            platform
+        }
+    }
+
+    impl Drop for Platform {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+            let _ = self.child.wait();
+            let _ = Command::new("dropdb")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", &self.database])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// The CI gate: `cargo xtask loadtest --smoke` against a platform this
+    /// test starts, through the same code path as on the command line. It
+    /// fails, never skips, when a backing server is missing.
+    #[test]
+    fn the_smoke_run_passes_against_a_freshly_started_platform() {
+        let platform = Platform::start();
+        let smoke = Loadtest {
+            env: "local".into(),
+            target: Target::Platform,
+            host: Some(platform.url.clone()),
+            metrics_url: None,
+            users: 0,
+            hatch_rate: String::new(),
+            duration: String::new(),
+            scenario: "mix".into(),
+            think_time: None,
+            slos: Vec::new(),
+            no_slo_file: false,
+            baseline: None,
+            baseline_tolerance: 10.0,
+            crosscheck_tolerance: 1.0,
+            smoke: true,
+            debug: false,
+            label: String::new(),
+        };
+        smoke.run(&crate::project_root()).unwrap_or_else(|err| panic!("{err:#}"));
+    }
+}
