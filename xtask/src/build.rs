@@ -64,21 +64,7 @@ impl Build {
         let uid = environment.model.platform.build.uid;
         let binary = match &self.binary {
             Some(binary) => binary.clone(),
-            None => {
-                step("building freedumb");
-                let mut cargo = process::cargo();
-                cargo.current_dir(root).args(["build", "-p", "freedumb"]);
-                if !self.debug {
-                    cargo.arg("--release");
-                }
-                process::run(&mut cargo)?;
-                let profile = if self.debug { "debug" } else { "release" };
-                let target_dir = match std::env::var_os("CARGO_TARGET_DIR").filter(|dir| !dir.is_empty()) {
-                    Some(dir) => root.join(dir),
-                    None => root.join("target"),
-                };
-                target_dir.join(profile).join("freedumb")
-            }
+            None => cargo_build(root, self.debug)?,
         };
         step("connecting to the Docker engine");
         let engine = Engine::connect()?;
@@ -98,6 +84,23 @@ impl Build {
         }
         Ok(())
     }
+}
+
+/// Builds `freedumb` with cargo and returns where the binary is.
+pub fn cargo_build(root: &Path, debug: bool) -> anyhow::Result<PathBuf> {
+    step("building freedumb");
+    let mut cargo = process::cargo();
+    cargo.current_dir(root).args(["build", "-p", "freedumb"]);
+    if !debug {
+        cargo.arg("--release");
+    }
+    process::run(&mut cargo)?;
+    let profile = if debug { "debug" } else { "release" };
+    let target_dir = match std::env::var_os("CARGO_TARGET_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    };
+    Ok(target_dir.join(profile).join("freedumb"))
 }
 
 fn step(what: &str) {

@@ -16,8 +16,9 @@ use crate::environment;
 /// Which deployment: the environment's compose project, or one named.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// The environment whose deployment this is (its compose.project).
-    #[arg(long, value_name = "NAME", default_value = "dev")]
+    /// The environment whose deployment this is (compose.project, or
+    /// `freedumb-<NAME>`).
+    #[arg(long, value_name = "NAME", default_value = "local")]
     env: String,
     /// The project label to look for, instead of the environment's.
     #[arg(long, value_name = "NAME")]
@@ -29,11 +30,7 @@ impl Target {
         if let Some(project) = &self.project {
             return Ok(project.clone());
         }
-        let environment = environment::load(root, &self.env)?;
-        match &environment.model.compose {
-            Some(compose) => Ok(compose.project.clone()),
-            None => bail!("environment `{}` is not deployed to a Docker engine (it has no [compose])", self.env),
-        }
+        Ok(docker::deploy::project(&environment::load(root, &self.env)?))
     }
 }
 
@@ -197,7 +194,7 @@ pub fn down(engine: &Engine, project: &str, volumes: bool) -> anyhow::Result<Vec
 /// `freedumb` drains for up to SHUTDOWN_TIMEOUT_SECS (30 s by default).
 const STOP_TIMEOUT_SECS: i32 = 35;
 
-fn table(rows: &[Row]) -> String {
+pub fn table(rows: &[Row]) -> String {
     let header = Row {
         name: "CONTAINER".into(),
         service: "SERVICE".into(),

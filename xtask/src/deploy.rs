@@ -60,6 +60,14 @@ pub struct Deploy {
     /// slower to run.
     #[arg(long)]
     debug: bool,
+    /// Run the platform as containers on the Docker engine instead of as
+    /// local processes, converging what runs there to the model (a
+    /// changed image or setting rolls each replica in turn).
+    #[arg(long)]
+    containers: bool,
+    /// With --containers: deploy this image instead of building one.
+    #[arg(long, value_name = "IMAGE", requires = "containers")]
+    image: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +89,9 @@ impl Profile {
 impl Deploy {
     pub fn run(&self, root: &Path) -> anyhow::Result<()> {
         let mut environment = environment::load(root, &self.env)?;
+        if self.containers {
+            return crate::docker::deploy::run(root, &environment, self.image.as_deref(), self.debug);
+        }
         if environment.model.kind != Kind::Local {
             bail!(
                 "environment `{}` is a {} environment, and deploy runs local ones: render it with \
@@ -502,7 +513,7 @@ mod tests {
 
     #[test]
     fn environments_that_are_not_local_are_rendered_not_deployed() {
-        let deploy = Deploy { env: "staging".to_owned(), port: None, debug: false };
+        let deploy = Deploy { env: "staging".to_owned(), port: None, debug: false, containers: false, image: None };
         let err = deploy.run(&crate::project_root()).unwrap_err().to_string();
         assert!(err.starts_with("environment `staging` is a kubernetes environment"), "{err}");
         assert!(err.contains("cargo xtask render --env staging"), "{err}");

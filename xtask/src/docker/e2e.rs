@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use super::converge::{Action, Apply, Desired, Running, apply, changes, plan, port};
 use super::{Engine, LABEL_PROJECT, LABEL_SERVICE, Spec};
 use crate::build::{Built, build_offline};
 use crate::containers::{self, Row};
@@ -149,4 +150,81 @@ fn a_replica_that_never_gets_healthy_is_reported_with_its_last_log_lines() {
 
     assert!(err.contains(&name), "{err}");
     assert!(err.contains("JWT_ACCESS_SECRET"), "the log line naming the variable is in the error: {err}");
+}
+
+/// Two replicas of auth converge, stay put when nothing changed, roll to a
+/// new setting one replica at a time, and a broken setting rolls back by
+/// itself to the containers that ran before.
+#[test]
+fn replicas_converge_roll_forward_and_roll_back_a_broken_change() {
+    let engine = engine();
+    let built = debug_image(&engine);
+    let deployment = Deployment::new(&engine, "converge");
+    // Slots are 10000 apart: keep the base low enough for both.
+    let base_port = 20000 + free_port() % 20000;
+    let migrate = format!("{}-migrate", deployment.project);
+    let spec = deployment.spec(&built.image, "migrate", &["migrate", "auth", "--create-database"], None, base_port);
+    engine.run(&migrate, spec.body()).unwrap();
+    assert_eq!(engine.wait(&migrate).unwrap(), 0, "{}", engine.last_log_lines(&migrate, 20));
+    let desired = |env: &[(&str, &str)]| -> Vec<Desired> {
+        (0..2)
+            .map(|replica| {
+                let mut vars: Vec<(String, String)> =
+                    deployment.env(base_port).into_iter().filter(|(key, _)| key != "PORT").collect();
+                for (key, value) in env {
+                    vars.retain(|(k, _)| k != key);
+                    vars.push(((*key).to_owned(), (*value).to_owned()));
+                }
+                Desired {
+                    service: "auth".to_owned(),
+                    replica,
+                    base_port,
+                    image: built.image.clone(),
+                    command: vec!["serve".to_owned(), "auth".to_owned()],
+                    env: vars,
+                    probe_path: "/ready".to_owned(),
+                }
+            })
+            .collect()
+    };
+    let actual = || -> Vec<Running> {
+        let mut running: Vec<Running> = engine
+            .containers(&BTreeMap::from([(LABEL_PROJECT, deployment.project.as_str())]))
+            .unwrap()
+            .iter()
+            .filter_map(Running::from_summary)
+            .collect();
+        running.sort_by_key(|r| r.name.clone());
+        running
+    };
+    let mut lines = Vec::new();
+    let mut say = |line: &str| lines.push(line.to_owned());
+    let mut options = Apply { project: &deployment.project, health_timeout: Duration::from_secs(60), say: &mut say };
+
+    let first = desired(&[]);
+    apply(&engine, &plan(&first, &actual()), &mut options).unwrap_or_else(|err| panic!("{err:#}"));
+    assert!(!changes(&plan(&first, &actual())), "a second run with nothing changed changes nothing");
+    for replica in 0..2 {
+        let url = format!("http://127.0.0.1:{}/ready", port(base_port, replica, 0).unwrap());
+        assert_eq!(ureq::get(&url).call().unwrap().status(), 200, "{url}");
+    }
+
+    let second = desired(&[("LOG_LEVEL", "debug")]);
+    let rollout = plan(&second, &actual());
+    assert!(rollout.iter().all(|action| matches!(action, Action::Replace { .. })), "{rollout:?}");
+    apply(&engine, &rollout, &mut options).unwrap_or_else(|err| panic!("{err:#}"));
+    let after_rollout = actual();
+    assert_eq!(after_rollout.iter().map(|r| (r.slot, r.running)).collect::<Vec<_>>(), [(1, true), (1, true)]);
+    assert!(!changes(&plan(&second, &after_rollout)));
+
+    // The first replica rolls forward, the second never gets healthy: the
+    // first goes back to the container it replaced.
+    let mut broken = desired(&[("LOG_LEVEL", "warn")]);
+    broken[1] = desired(&[("JWT_ACCESS_SECRET", "short")]).remove(1);
+    let err = apply(&engine, &plan(&broken, &after_rollout), &mut options).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains("replica 2 of auth did not become healthy"), "{err}");
+    assert!(err.contains("JWT_ACCESS_SECRET"), "its last log lines say why: {err}");
+    assert_eq!(actual(), after_rollout, "the previous containers serve again, and nothing else runs");
+    assert!(!changes(&plan(&second, &actual())));
 }

@@ -7,6 +7,8 @@
 //! other labels below): `status`, `logs` and `down` find their containers
 //! by it, and never touch anything else on the engine.
 
+pub mod converge;
+pub mod deploy;
 #[cfg(test)]
 mod e2e;
 pub mod image;
@@ -119,6 +121,13 @@ impl Engine {
                 .with_context(|| format!("failed to create container {name}"))?;
             self.docker.start_container(name, None).await.with_context(|| format!("failed to start container {name}"))
         })
+    }
+
+    /// Starts an existing, stopped container.
+    pub fn start(&self, name: &str) -> anyhow::Result<()> {
+        self.runtime
+            .block_on(self.docker.start_container(name, None))
+            .with_context(|| format!("failed to start container {name}"))
     }
 
     /// Waits until the container exits and returns its exit code.
