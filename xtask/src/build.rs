@@ -20,11 +20,14 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
-use crate::docker::{Engine, image::Offline};
+use crate::docker::Engine;
+use crate::docker::image::{Offline, Program};
 use crate::{environment, process};
 
 /// The repository of every image this builds.
 pub const IMAGE: &str = "freedumb";
+/// The repository of the gateway image.
+pub const GATEWAY_IMAGE: &str = "freedumb-gateway";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -138,6 +141,38 @@ pub fn build_offline(
     let id = engine.build(context, &tag, out)?;
     let size = engine.image_size(&tag)?.unwrap_or_default();
     Ok(Built { image: tag, id, size })
+}
+
+/// Builds the gateway image: this machine's nginx and its libraries on
+/// scratch, tagged `freedumb-gateway:<git sha>`.
+pub fn build_gateway(engine: &Engine, root: &Path, nginx: &Path, uid: u32) -> anyhow::Result<Built> {
+    let revision = git(root, &["rev-parse", "HEAD"])?;
+    let dirty = !git(root, &["status", "--porcelain"])?.is_empty();
+    let tag = image_tag(&revision, dirty, false).replacen(IMAGE, GATEWAY_IMAGE, 1);
+    let labels = BTreeMap::from([
+        ("org.opencontainers.image.title".to_owned(), "freedumb-gateway".to_owned()),
+        ("org.opencontainers.image.description".to_owned(), "FREEDUMB gateway: nginx on scratch".to_owned()),
+        ("org.opencontainers.image.revision".to_owned(), revision),
+    ]);
+    let nginx = absolute(nginx)?;
+    let offline = Offline::for_program(Program::Gateway, &nginx, uid, labels)?;
+    let id = engine.build(offline.context()?, &tag, &mut std::io::sink())?;
+    let size = engine.image_size(&tag)?.unwrap_or_default();
+    Ok(Built { image: tag, id, size })
+}
+
+/// A program's absolute path: as given when it has a directory, else the
+/// first match on PATH.
+fn absolute(program: &Path) -> anyhow::Result<PathBuf> {
+    if program.components().count() > 1 {
+        return Ok(program.to_owned());
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| format!("{} is not on PATH", program.display()))
 }
 
 fn description(debug: bool) -> &'static str {

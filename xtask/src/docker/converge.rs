@@ -24,6 +24,8 @@ use super::{Engine, LABEL_PROJECT, LABEL_SERVICE, Spec, container_name};
 pub const LABEL_REPLICA: &str = "io.freedumb.replica";
 /// 0 or 1: which of the replica's two ports the container uses.
 pub const LABEL_SLOT: &str = "io.freedumb.slot";
+/// The port the container serves on.
+pub const LABEL_PORT: &str = "io.freedumb.port";
 /// A digest of everything the container was created from (image, command,
 /// variables): a container whose digest differs from the desired one is
 /// replaced, one whose digest matches is kept.
@@ -86,6 +88,7 @@ pub struct Running {
     pub service: String,
     pub replica: u32,
     pub slot: u8,
+    pub port: u16,
     pub digest: String,
     pub running: bool,
 }
@@ -99,6 +102,7 @@ impl Running {
             service: labels.get(LABEL_SERVICE)?.clone(),
             replica: labels.get(LABEL_REPLICA)?.parse().ok()?,
             slot: labels.get(LABEL_SLOT)?.parse().ok()?,
+            port: labels.get(LABEL_PORT)?.parse().ok()?,
             digest: labels.get(LABEL_DIGEST).cloned().unwrap_or_default(),
             running: summary.state.is_some_and(|s| s.to_string() == "running"),
         })
@@ -162,6 +166,7 @@ fn spec<'a>(project: &str, want: &'a Desired, slot: u8) -> anyhow::Result<(Strin
         (LABEL_SERVICE.to_owned(), want.service.clone()),
         (LABEL_REPLICA.to_owned(), want.replica.to_string()),
         (LABEL_SLOT.to_owned(), slot.to_string()),
+        (LABEL_PORT.to_owned(), port.to_string()),
         (LABEL_DIGEST.to_owned(), want.digest()),
     ]);
     let spec = Spec {
@@ -181,6 +186,13 @@ fn spec<'a>(project: &str, want: &'a Desired, slot: u8) -> anyhow::Result<(Strin
 /// `freedumb` drains for up to SHUTDOWN_TIMEOUT_SECS (30 s); then SIGKILL.
 const STOP_TIMEOUT_SECS: i64 = 35;
 
+/// The addresses of each service's serving replicas, as the gateway's
+/// upstreams list them.
+pub type Servers = BTreeMap<String, Vec<String>>;
+
+/// Points the gateway at the given replicas (see `Apply::switch`).
+pub type Switch<'a> = &'a mut dyn FnMut(&Servers) -> anyhow::Result<()>;
+
 /// Options of `apply`.
 pub struct Apply<'a> {
     pub project: &'a str,
@@ -188,53 +200,106 @@ pub struct Apply<'a> {
     pub health_timeout: Duration,
     /// Called with one line per step (progress).
     pub say: &'a mut dyn FnMut(&str),
+    /// Points the gateway at these replicas, and returns once it sends new
+    /// requests only there. Called after a new replica is healthy and before
+    /// the one it replaces is stopped, so no request reaches a stopped
+    /// replica.
+    pub switch: Option<Switch<'a>>,
+}
+
+/// Which replica serves on which port, per service.
+#[derive(Debug, Default, Clone)]
+struct Serving(BTreeMap<String, BTreeMap<u32, u16>>);
+
+impl Serving {
+    fn set(&mut self, service: &str, replica: u32, port: Option<u16>) {
+        let replicas = self.0.entry(service.to_owned()).or_default();
+        match port {
+            Some(port) => replicas.insert(replica, port),
+            None => replicas.remove(&replica),
+        };
+    }
+
+    fn servers(&self) -> Servers {
+        self.0
+            .iter()
+            .map(|(service, replicas)| {
+                (service.clone(), replicas.values().map(|port| format!("127.0.0.1:{port}")).collect())
+            })
+            .collect()
+    }
+}
+
+fn switch(apply: &mut Apply<'_>, serving: &Serving) -> anyhow::Result<()> {
+    match apply.switch.as_mut() {
+        Some(switch) => switch(&serving.servers()),
+        None => Ok(()),
+    }
 }
 
 /// Carries out `plan`. On a replica that does not get healthy, puts every
 /// replica replaced so far back on the container it replaced (recreated
 /// from `previous`, the specs the old containers had) and fails.
 pub fn apply(engine: &Engine, plan: &[Action], apply: &mut Apply<'_>) -> anyhow::Result<()> {
-    // (new container, old container's name, old spec) for the rollback.
-    let mut replaced: Vec<(String, Running)> = Vec::new();
+    let mut serving = Serving::default();
+    for action in plan {
+        match action {
+            Action::Keep(old) | Action::Replace { old, .. } | Action::Remove(old) if old.running => {
+                serving.set(&old.service, old.replica, Some(old.port))
+            }
+            _ => {}
+        }
+    }
+    // The gateway may predate these containers (or not run yet): point it
+    // at what serves now before changing anything.
+    switch(apply, &serving)?;
+    // (the new container, the one it replaced) for the rollback.
+    let mut replaced: Vec<(String, Running, u16)> = Vec::new();
     for action in plan {
         let result = match action {
             Action::Keep(running) => {
                 (apply.say)(&format!("{}: unchanged ({})", running.name, running.service));
                 Ok(())
             }
-            Action::Create(want) => start(engine, apply, want, 0).map(|_| ()),
+            Action::Create(want) => start(engine, apply, want, 0).and_then(|(_, port)| {
+                serving.set(&want.service, want.replica, Some(port));
+                switch(apply, &serving)
+            }),
             Action::Replace { old, new } => {
                 let slot = 1 - old.slot.min(1);
-                match start(engine, apply, new, slot) {
-                    Ok(name) => {
-                        (apply.say)(&format!("{}: stopping, it drains its open requests", old.name));
-                        // Stopped, not removed: a rollback restarts it.
-                        engine.stop(&old.name, STOP_TIMEOUT_SECS as i32)?;
-                        replaced.push((name, old.clone()));
-                        Ok(())
-                    }
-                    Err(err) => Err(err),
-                }
+                start(engine, apply, new, slot).and_then(|(name, port)| {
+                    replaced.push((name, old.clone(), port));
+                    serving.set(&new.service, new.replica, Some(port));
+                    switch(apply, &serving)?;
+                    (apply.say)(&format!("{}: stopping, it drains its open requests", old.name));
+                    // Stopped, not removed: a rollback starts it again.
+                    engine.stop(&old.name, STOP_TIMEOUT_SECS as i32)
+                })
             }
             Action::Remove(running) => {
                 (apply.say)(&format!("{}: removing", running.name));
-                engine.stop(&running.name, STOP_TIMEOUT_SECS as i32).and_then(|()| engine.remove(&running.name, true))
+                serving.set(&running.service, running.replica, None);
+                switch(apply, &serving)
+                    .and_then(|()| engine.stop(&running.name, STOP_TIMEOUT_SECS as i32))
+                    .and_then(|()| engine.remove(&running.name, true))
             }
         };
         if let Err(err) = result {
-            roll_back(engine, apply, &replaced);
+            roll_back(engine, apply, &replaced, &mut serving);
             return Err(err.context("the rollout stopped; every replica is back on its previous container"));
         }
     }
     // Done: the replaced containers are no longer needed.
-    for (_, old) in &replaced {
+    for (_, old, _) in &replaced {
         engine.remove(&old.name, true)?;
     }
     Ok(())
 }
 
-fn start(engine: &Engine, apply: &mut Apply<'_>, want: &Desired, slot: u8) -> anyhow::Result<String> {
+/// Starts `want` in `slot` and waits until it is healthy: its name and port.
+fn start(engine: &Engine, apply: &mut Apply<'_>, want: &Desired, slot: u8) -> anyhow::Result<(String, u16)> {
     let (name, spec) = spec(apply.project, want, slot)?;
+    let port = port(want.base_port, want.replica, slot)?;
     // A leftover of an interrupted run in this slot is not serving: replace it.
     engine.remove(&name, true)?;
     (apply.say)(&format!("{name}: starting {} ({})", want.image, want.service));
@@ -245,14 +310,24 @@ fn start(engine: &Engine, apply: &mut Apply<'_>, want: &Desired, slot: u8) -> an
         return Err(err.context(format!("replica {} of {} did not become healthy", want.replica + 1, want.service)));
     }
     (apply.say)(&format!("{name}: healthy after {:.1} s", started.elapsed().as_secs_f64()));
-    Ok(name)
+    Ok((name, port))
 }
 
-/// Restarts each replaced container and removes its replacement, newest first.
-fn roll_back(engine: &Engine, apply: &mut Apply<'_>, replaced: &[(String, Running)]) {
-    for (new, old) in replaced.iter().rev() {
-        (apply.say)(&format!("{}: rolling back to {}", new, old.name));
-        if let Err(err) = engine.start(&old.name).and_then(|()| engine.remove(new, true)) {
+/// Starts each replaced container again, points the gateway back at it,
+/// and removes its replacement, newest first.
+fn roll_back(engine: &Engine, apply: &mut Apply<'_>, replaced: &[(String, Running, u16)], serving: &mut Serving) {
+    for (new, old, _) in replaced.iter().rev() {
+        (apply.say)(&format!("{new}: rolling back to {}", old.name));
+        let result = engine
+            .start(&old.name)
+            .and_then(|()| engine.wait_healthy(&old.name, Instant::now() + apply.health_timeout))
+            .and_then(|()| {
+                serving.set(&old.service, old.replica, Some(old.port));
+                switch(apply, serving)
+            })
+            .and_then(|()| engine.stop(new, STOP_TIMEOUT_SECS as i32))
+            .and_then(|()| engine.remove(new, true));
+        if let Err(err) = result {
             (apply.say)(&format!("rolling back {}: {err:#}", old.name));
         }
     }
@@ -280,6 +355,7 @@ mod tests {
             service: want.service.clone(),
             replica: want.replica,
             slot,
+            port: port(want.base_port, want.replica, slot).unwrap(),
             digest: want.digest(),
             running,
         }

@@ -16,10 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::converge::{self, Action, Apply, Desired, Running};
+use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+
+use super::converge::{self, Action, Apply, Desired, Running, Servers};
+use super::image::GATEWAY_CONF_DIR;
 use super::{Engine, LABEL_PROJECT, LABEL_SERVICE, Spec};
 use crate::environment::{Environment, Kind, vars};
-use crate::{backing, build, containers, secrets};
+use crate::{backing, build, containers, render, secrets, tools};
 
 /// How long a new replica gets to answer its health check.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -61,6 +64,10 @@ pub fn run(root: &Path, environment: &Environment, image: Option<&str>, debug: b
     let secret = |name: &str| secrets.get(name).unwrap_or_default().to_owned();
     let project = project(environment);
 
+    let nginx = tools::require(&tools::NGINX)?;
+    let gateway_image = build::build_gateway(&engine, root, &nginx, environment.model.platform.build.uid)?.image;
+    let mut gateway = Gateway::new(&engine, root, environment, &project, gateway_image);
+
     let desired = desired(environment, &image, &secret);
     let actual: Vec<Running> = engine
         .containers(&BTreeMap::from([(LABEL_PROJECT, project.as_str())]))?
@@ -68,7 +75,7 @@ pub fn run(root: &Path, environment: &Environment, image: Option<&str>, debug: b
         .filter_map(Running::from_summary)
         .collect();
     let plan = converge::plan(&desired, &actual);
-    if !converge::changes(&plan) {
+    if !converge::changes(&plan) && gateway.is_current()? {
         println!("{project} already runs {image} with these settings: nothing to do");
         return Ok(());
     }
@@ -82,10 +89,146 @@ pub fn run(root: &Path, environment: &Environment, image: Option<&str>, debug: b
     let removes = plan.iter().filter(|a| matches!(a, Action::Remove(_))).count();
     eprintln!("{creates} to create, {replaces} to replace one at a time, {removes} to remove");
     let mut say = |line: &str| eprintln!("  {line}");
-    converge::apply(&engine, &plan, &mut Apply { project: &project, health_timeout: HEALTH_TIMEOUT, say: &mut say })?;
+    let mut switch = |servers: &Servers| gateway.switch(servers);
+    converge::apply(
+        &engine,
+        &plan,
+        &mut Apply { project: &project, health_timeout: HEALTH_TIMEOUT, say: &mut say, switch: Some(&mut switch) },
+    )?;
     eprintln!("converged in {:.1} s", started.elapsed().as_secs_f64());
     print!("{}", containers::table(&containers::status(&engine, &project)?));
+    println!("\nthe gateway: {}", gateway.url);
     Ok(())
+}
+
+/// The nginx gateway as a container of the offline gateway image, on the
+/// host's network, its configuration rendered into `.local/<project>/gateway/conf/`
+/// and mounted read-only. A change of upstreams is a graceful reload (SIGHUP):
+/// nginx starts workers with the new configuration and lets the old ones
+/// finish their requests, so none is cut.
+pub struct Gateway<'a> {
+    engine: &'a Engine,
+    root: &'a Path,
+    environment: &'a Environment,
+    project: String,
+    image: String,
+    name: String,
+    dir: std::path::PathBuf,
+    pub url: String,
+    /// The upstreams last rendered, to tell a changed configuration.
+    rendered: Option<render::Files>,
+}
+
+/// How long the gateway gets to answer /health after it starts.
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(20);
+/// nginx's reload starts the new workers within milliseconds; the old ones
+/// stop taking connections then. This margin is what `switch` waits before
+/// it returns, since nginx does not report the end of a reload.
+const RELOAD_SETTLE: Duration = Duration::from_millis(1000);
+
+impl<'a> Gateway<'a> {
+    pub fn new(engine: &'a Engine, root: &'a Path, environment: &'a Environment, project: &str, image: String) -> Self {
+        let gateway = &environment.model.gateway;
+        let host = match gateway.listen_address {
+            Some(address) if !address.is_unspecified() => address.to_string(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        Gateway {
+            engine,
+            root,
+            environment,
+            project: project.to_owned(),
+            image,
+            name: format!("{project}-gateway"),
+            dir: root.join(".local").join(project).join("gateway"),
+            url: format!("http://{host}:{}", gateway.http_port),
+            rendered: None,
+        }
+    }
+
+    /// Whether the gateway runs this image (its upstreams are checked by the
+    /// replicas' convergence).
+    fn is_current(&self) -> anyhow::Result<bool> {
+        let found = self
+            .engine
+            .containers(&BTreeMap::from([(LABEL_PROJECT, self.project.as_str()), (LABEL_SERVICE, "gateway")]))?;
+        Ok(found.iter().any(|c| {
+            c.image.as_deref() == Some(self.image.as_str()) && c.state.is_some_and(|s| s.to_string() == "running")
+        }))
+    }
+
+    /// Renders the upstreams `servers` and makes the gateway use them:
+    /// started if it does not run (once every routed service has a replica),
+    /// reloaded if it does.
+    pub fn switch(&mut self, servers: &Servers) -> anyhow::Result<()> {
+        let routed: Vec<&str> =
+            self.environment.services().filter(|(_, w)| !w.routes.is_empty()).map(|(name, _)| name).collect();
+        let complete = routed.iter().all(|service| servers.get(*service).is_some_and(|s| !s.is_empty()));
+        let files = render::render_gateway(self.root, self.environment, servers)?;
+        let running = self.is_current()?;
+        if !complete && !running {
+            return Ok(());
+        }
+        if running && self.rendered.as_ref() == Some(&files) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("failed to create {}", self.dir.display()))?;
+        render::write(&files, &self.dir.join("conf"))?;
+        self.rendered = Some(files);
+        if running {
+            self.engine.kill(&self.name, "HUP")?;
+            std::thread::sleep(RELOAD_SETTLE);
+            return self.wait_answering();
+        }
+        // Another image, or stopped: a new container.
+        self.engine.stop(&self.name, 35)?;
+        self.engine.remove(&self.name, true)?;
+        self.engine.run(&self.name, self.body())?;
+        self.wait_answering()
+    }
+
+    fn body(&self) -> ContainerCreateBody {
+        ContainerCreateBody {
+            image: Some(self.image.clone()),
+            labels: Some(
+                [(LABEL_PROJECT, self.project.as_str()), (LABEL_SERVICE, "gateway")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+            ),
+            healthcheck: Some(HealthConfig { test: Some(vec!["NONE".to_owned()]), ..Default::default() }),
+            host_config: Some(HostConfig {
+                network_mode: Some("host".to_owned()),
+                binds: Some(vec![format!("{}:{GATEWAY_CONF_DIR}:ro", self.dir.display())]),
+                tmpfs: Some([("/tmp".to_owned(), "rw,size=64m".to_owned())].into_iter().collect()),
+                readonly_rootfs: Some(true),
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn wait_answering(&self) -> anyhow::Result<()> {
+        let url = format!("{}/health", self.url);
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
+        let deadline = Instant::now() + GATEWAY_TIMEOUT;
+        loop {
+            match agent.get(&url).call() {
+                Ok(_) => return Ok(()),
+                Err(err) if Instant::now() >= deadline => bail!(
+                    "the gateway does not answer {url} ({err}); the last lines of its log:\n{}",
+                    self.engine.last_log_lines(&self.name, 20)
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
 }
 
 fn step(what: &str) {

@@ -199,7 +199,8 @@ fn replicas_converge_roll_forward_and_roll_back_a_broken_change() {
     };
     let mut lines = Vec::new();
     let mut say = |line: &str| lines.push(line.to_owned());
-    let mut options = Apply { project: &deployment.project, health_timeout: Duration::from_secs(60), say: &mut say };
+    let mut options =
+        Apply { project: &deployment.project, health_timeout: Duration::from_secs(60), say: &mut say, switch: None };
 
     let first = desired(&[]);
     apply(&engine, &plan(&first, &actual()), &mut options).unwrap_or_else(|err| panic!("{err:#}"));
@@ -227,4 +228,114 @@ fn replicas_converge_roll_forward_and_roll_back_a_broken_change() {
     assert!(err.contains("JWT_ACCESS_SECRET"), "its last log lines say why: {err}");
     assert_eq!(actual(), after_rollout, "the previous containers serve again, and nothing else runs");
     assert!(!changes(&plan(&second, &actual())));
+}
+
+/// The `test` environment end to end: `deploy --containers` brings up every
+/// service behind the gateway container, every route answers through it, a
+/// second deploy with nothing changed changes nothing, a new image rolls
+/// every replica while a steady load runs through the gateway without one
+/// failed request, and `down` leaves no container behind.
+#[test]
+fn a_rollout_under_load_through_the_gateway_loses_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let engine = engine();
+    let built = debug_image(&engine);
+    let root = crate::project_root();
+    let environment = environment::load(&root, "test").unwrap();
+    let project = super::deploy::project(&environment);
+    struct Down<'a>(&'a Engine, String);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = containers::down(self.0, &self.1, true);
+        }
+    }
+    let _down = Down(&engine, project.clone());
+    let gateway = format!("http://127.0.0.1:{}", environment.model.gateway.http_port);
+
+    let started = Instant::now();
+    super::deploy::run(&root, &environment, Some(&built.image), true).unwrap_or_else(|err| panic!("{err:#}"));
+    eprintln!("deploy to all healthy: {:.1} s", started.elapsed().as_secs_f64());
+    // Every routed service answers through the gateway, in our error shape.
+    for route in ["/v1/auth/me", "/v1/accounts", "/v1/transactions", "/v1/categories", "/v1/budgets", "/v1/goals"] {
+        match ureq::get(&format!("{gateway}{route}")).call() {
+            Err(ureq::Error::Status(401, response)) => {
+                let body = response.into_string().unwrap();
+                assert!(body.contains("\"request_id\""), "{route}: {body}");
+            }
+            other => panic!("{route}: expected 401 from the service, got {other:?}"),
+        }
+    }
+    let before = containers::status(&engine, &project).unwrap();
+    super::deploy::run(&root, &environment, Some(&built.image), true).unwrap();
+    assert_eq!(containers::status(&engine, &project).unwrap().len(), before.len(), "nothing changed");
+
+    // A steady load through the gateway, during a rollout to a new image.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|worker| {
+            let stop = Arc::clone(&stop);
+            let gateway = gateway.clone();
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+                let routes = ["/v1/auth/me", "/v1/accounts", "/v1/budgets"];
+                let (mut served, mut failures) = (0u64, Vec::new());
+                let mut i = worker;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let url = format!("{gateway}{}", routes[i % routes.len()]);
+                    match agent.get(&url).call() {
+                        Err(ureq::Error::Status(401, _)) => served += 1,
+                        Ok(response) => failures.push(format!("{url}: {}", response.status())),
+                        Err(err) => failures.push(format!("{url}: {err}")),
+                    }
+                }
+                (served, failures)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let tag = format!("{}-rollout", built.image.rsplit_once(':').unwrap().1);
+    engine.tag(&built.image, "freedumb", &tag).unwrap();
+    let next = format!("freedumb:{tag}");
+    let started = Instant::now();
+    super::deploy::run(&root, &environment, Some(&next), true).unwrap_or_else(|err| panic!("{err:#}"));
+    let rollout = started.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (mut served, mut failures) = (0, Vec::new());
+    for worker in load {
+        let (s, f) = worker.join().unwrap();
+        served += s;
+        failures.extend(f);
+    }
+    eprintln!(
+        "rollout of {} replicas: {:.1} s; {served} requests served through the gateway, {} failed",
+        before.iter().filter(|row| row.state == "running" && row.service != "gateway").count(),
+        rollout.as_secs_f64(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} requests failed during the rollout: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(served > 100, "only {served} requests ran during the rollout");
+    let rows = containers::status(&engine, &project).unwrap();
+    assert!(
+        rows.iter()
+            .filter(|row| !["gateway", "migrate"].contains(&row.service.as_str()))
+            .all(|row| row.image == next && row.health == "healthy"),
+        "{rows:?}"
+    );
+
+    let removed = containers::down(&engine, &project, true).unwrap();
+    assert_eq!(
+        removed.first().map(String::as_str),
+        Some(format!("{project}-gateway").as_str()),
+        "the gateway stops first"
+    );
+    assert!(containers::status(&engine, &project).unwrap().is_empty(), "down leaves no container behind");
 }

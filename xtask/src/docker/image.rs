@@ -18,9 +18,26 @@ pub const BINARY_PATH: &str = "/usr/local/bin/freedumb";
 /// OpenSSL look first.
 pub const CA_CERTIFICATES: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// Where nginx lives in the gateway image (Debian's path).
+pub const NGINX_PATH: &str = "/usr/sbin/nginx";
+/// Where the gateway image expects its rendered configuration directory.
+pub const GATEWAY_CONF_DIR: &str = "/etc/nginx/freedumb";
+
+/// Which program the image runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// `freedumb`: every service and worker.
+    Freedumb,
+    /// This machine's nginx (the one `cargo xtask check` validates the
+    /// configuration with), for the gateway: its configuration is mounted
+    /// at `GATEWAY_CONF_DIR/conf/`, its pid and temporary files go to /tmp.
+    Gateway,
+}
+
 /// What goes into the image, before it is packed.
 #[derive(Debug)]
 pub struct Offline {
+    pub program: Program,
     pub binary: PathBuf,
     /// Path in the image → file on this machine. `ldd` names the path the
     /// loader will look for; the content is read through any symlink.
@@ -34,6 +51,15 @@ pub struct Offline {
 impl Offline {
     /// The image for `binary`, with its libraries found by `ldd`.
     pub fn for_binary(binary: &Path, uid: u32, labels: BTreeMap<String, String>) -> anyhow::Result<Self> {
+        Self::for_program(Program::Freedumb, binary, uid, labels)
+    }
+
+    pub fn for_program(
+        program: Program,
+        binary: &Path,
+        uid: u32,
+        labels: BTreeMap<String, String>,
+    ) -> anyhow::Result<Self> {
         let output = Command::new("ldd")
             .arg(binary)
             .output()
@@ -49,7 +75,7 @@ impl Offline {
         if !ca_certificates.is_file() {
             bail!("{CA_CERTIFICATES} is missing; install Debian's ca-certificates package");
         }
-        Ok(Offline { binary: binary.to_owned(), libraries, ca_certificates, uid, labels })
+        Ok(Offline { program, binary: binary.to_owned(), libraries, ca_certificates, uid, labels })
     }
 
     /// The Dockerfile: everything is already laid out under `rootfs/`.
@@ -66,11 +92,20 @@ impl Offline {
                 serde_json::to_string(value).unwrap()
             ));
         }
-        text.push_str(&format!(
-            "USER {uid}:{uid}\nEXPOSE 3000\n\
-             HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 CMD [\"{BINARY_PATH}\", \"healthcheck\"]\n\
-             ENTRYPOINT [\"{BINARY_PATH}\"]\nCMD [\"serve\", \"all\"]\n"
-        ));
+        text.push_str(&format!("USER {uid}:{uid}\n"));
+        match self.program {
+            Program::Freedumb => text.push_str(&format!(
+                "EXPOSE 3000\n\
+                 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 CMD [\"{BINARY_PATH}\", \"healthcheck\"]\n\
+                 ENTRYPOINT [\"{BINARY_PATH}\"]\nCMD [\"serve\", \"all\"]\n"
+            )),
+            // QUIT is nginx's graceful stop; HUP (a reload) re-reads the
+            // configuration and lets the old workers finish their requests.
+            Program::Gateway => text.push_str(&format!(
+                "STOPSIGNAL SIGQUIT\n\
+                 ENTRYPOINT [\"{NGINX_PATH}\", \"-p\", \"/tmp/\", \"-e\", \"stderr\", \"-c\", \"{GATEWAY_CONF_DIR}/conf/nginx.conf\", \"-g\", \"daemon off;\"]\n"
+            )),
+        }
         text
     }
 
@@ -103,7 +138,11 @@ impl Offline {
         };
         add("Dockerfile", 0o644, self.dockerfile().as_bytes())?;
         let read = |path: &Path| fs::read(path).with_context(|| format!("failed to read {}", path.display()));
-        add(&format!("rootfs{BINARY_PATH}"), 0o755, &read(&self.binary)?)?;
+        let in_image = match self.program {
+            Program::Freedumb => BINARY_PATH,
+            Program::Gateway => NGINX_PATH,
+        };
+        add(&format!("rootfs{in_image}"), 0o755, &read(&self.binary)?)?;
         for (in_image, on_host) in &self.libraries {
             add(&format!("rootfs{in_image}"), 0o755, &read(on_host)?)?;
         }

@@ -24,8 +24,8 @@ use bollard::models::{
     RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use futures::StreamExt;
 
@@ -88,6 +88,14 @@ impl Engine {
         Ok(image.id.unwrap_or_default())
     }
 
+    /// Tags `image` as `repository:tag` too.
+    pub fn tag(&self, image: &str, repository: &str, tag: &str) -> anyhow::Result<()> {
+        let options = TagImageOptionsBuilder::new().repo(repository).tag(tag).build();
+        self.runtime
+            .block_on(self.docker.tag_image(image, Some(options)))
+            .with_context(|| format!("failed to tag {image} as {repository}:{tag}"))
+    }
+
     /// An image's size in bytes, or `None` when the engine does not have it.
     pub fn image_size(&self, name: &str) -> anyhow::Result<Option<i64>> {
         match self.runtime.block_on(self.docker.inspect_image(name)) {
@@ -123,6 +131,14 @@ impl Engine {
         })
     }
 
+    /// Sends a signal to a container's main process (`HUP`: nginx reloads).
+    pub fn kill(&self, name: &str, signal: &str) -> anyhow::Result<()> {
+        let options = KillContainerOptionsBuilder::new().signal(signal).build();
+        self.runtime
+            .block_on(self.docker.kill_container(name, Some(options)))
+            .with_context(|| format!("failed to send SIG{signal} to container {name}"))
+    }
+
     /// Starts an existing, stopped container.
     pub fn start(&self, name: &str) -> anyhow::Result<()> {
         self.runtime
@@ -149,8 +165,8 @@ impl Engine {
     pub fn stop(&self, name: &str, timeout_secs: i32) -> anyhow::Result<()> {
         let options = StopContainerOptionsBuilder::new().t(timeout_secs).build();
         match self.runtime.block_on(self.docker.stop_container(name, Some(options))) {
-            // 304: already stopped.
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            // 304: already stopped; 404: no such container, so nothing runs.
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
             Err(err) => Err(err).with_context(|| format!("failed to stop container {name}")),
         }
     }

@@ -203,5 +203,5 @@ fn a_missing_key_is_named_with_the_table_that_lacks_it() {
 fn an_unknown_environment_lists_the_known_ones() {
     let err = load(&root(), "qa").unwrap_err().to_string();
     assert!(err.starts_with("there is no environment `qa`"), "{err}");
-    assert!(err.ends_with("environments are: dev, local, prod, staging"), "{err}");
+    assert!(err.ends_with("environments are: dev, local, prod, staging, test"), "{err}");
 }

@@ -90,7 +90,11 @@ pub struct HeaderView {
 #[derive(Debug, Serialize)]
 pub struct UpstreamView {
     pub name: String,
-    pub server: String,
+    /// The service this is the upstream of.
+    pub service: String,
+    /// One address per replica (one name that compose or Kubernetes
+    /// resolves to every replica, outside a container deployment).
+    pub servers: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -520,7 +524,7 @@ fn gateway_view(environment: &Environment, upstreams: Upstreams) -> GatewayView 
             (_, Upstreams::Loopback) => format!("127.0.0.1:{}", workload.port),
             (_, Upstreams::Deployed) => format!("{name}:{}", workload.port),
         };
-        upstream_views.push(UpstreamView { name: upstream.clone(), server });
+        upstream_views.push(UpstreamView { name: upstream.clone(), service: target.to_owned(), servers: vec![server] });
         for (prefix, route) in &workload.routes {
             let read_timeout_secs = route.read_timeout_secs.unwrap_or(gateway.read_timeout_secs);
             let rpm = route.zone.as_ref().and_then(|zone| gateway.zones.get(zone)).map(|z| z.requests_per_minute);

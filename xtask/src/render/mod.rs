@@ -160,6 +160,39 @@ pub fn render(root: &Path, environment: &Environment, upstreams: Upstreams) -> a
     render_with(&tera, environment, upstreams)
 }
 
+/// The gateway's files (`nginx/`, without the prefix) for a container
+/// deployment: each service's upstream lists the addresses of its serving
+/// replicas, `servers[service]`, instead of the environment's one address.
+pub fn render_gateway(
+    root: &Path,
+    environment: &Environment,
+    servers: &std::collections::BTreeMap<String, Vec<String>>,
+) -> anyhow::Result<Files> {
+    let tera = templates(root)?;
+    let mut context = context::build(environment, Upstreams::Deployed, Vec::new());
+    for upstream in &mut context.gateway.upstreams {
+        if let Some(addresses) = servers.get(&upstream.service).filter(|addresses| !addresses.is_empty()) {
+            upstream.servers.clone_from(addresses);
+        }
+    }
+    let base = tera::Context::from_serialize(&context).context("failed to build the template context")?;
+    let mut files = Files::new();
+    for (out, template) in outputs(environment.model.kind) {
+        if let Some(name) = out.strip_prefix("nginx/") {
+            let text = tera.render(template, &base).map_err(|err| {
+                anyhow!(
+                    "failed to render templates/{template} for environment `{}`: {}",
+                    environment.name,
+                    tera_error(&err)
+                )
+            })?;
+            files.insert(name.to_owned(), tidy(&text));
+        }
+    }
+    files.insert(MARKER.to_owned(), marker(environment));
+    Ok(files)
+}
+
 pub fn render_with(tera: &tera::Tera, environment: &Environment, upstreams: Upstreams) -> anyhow::Result<Files> {
     let kind = environment.model.kind;
     let mut plan: Vec<(String, String, Option<usize>)> =
