@@ -50,6 +50,7 @@ enum Command {
     Status(containers::Status),
     Logs(containers::Logs),
     Down(containers::Down),
+    Rollback(docker::deploy::Rollback),
     Loadtest(loadtest::Loadtest),
 }
 
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
         Command::Status(cmd) => cmd.run(&root),
         Command::Logs(cmd) => cmd.run(&root),
         Command::Down(cmd) => cmd.run(&root),
+        Command::Rollback(cmd) => cmd.run(&root),
         Command::Loadtest(cmd) => cmd.run(&root),
     };
     // Printed by hand rather than by returning the error from `main`: that

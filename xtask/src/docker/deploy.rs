@@ -76,6 +76,7 @@ pub fn run(root: &Path, environment: &Environment, image: Option<&str>, debug: b
         .collect();
     let plan = converge::plan(&desired, &actual);
     if !converge::changes(&plan) && gateway.is_current()? {
+        record(root, &project, &image)?;
         println!("{project} already runs {image} with these settings: nothing to do");
         return Ok(());
     }
@@ -95,6 +96,7 @@ pub fn run(root: &Path, environment: &Environment, image: Option<&str>, debug: b
         &plan,
         &mut Apply { project: &project, health_timeout: HEALTH_TIMEOUT, say: &mut say, switch: Some(&mut switch) },
     )?;
+    record(root, &project, &image)?;
     eprintln!("converged in {:.1} s", started.elapsed().as_secs_f64());
     print!("{}", containers::table(&containers::status(&engine, &project)?));
     println!("\nthe gateway: {}", gateway.url);
@@ -231,6 +233,66 @@ impl<'a> Gateway<'a> {
     }
 }
 
+/// The images a project was deployed with, oldest first, one a line, in
+/// `.local/<project>/deployments`: what `rollback` goes back to.
+fn history_file(root: &Path, project: &str) -> std::path::PathBuf {
+    root.join(".local").join(project).join("deployments")
+}
+
+fn history(root: &Path, project: &str) -> anyhow::Result<Vec<String>> {
+    let path = history_file(root, project);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text.lines().map(str::to_owned).filter(|line| !line.is_empty()).collect()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(err).with_context(|| format!("failed to read {}", path.display())),
+    }
+}
+
+/// Appends `image` unless it is the last one deployed already.
+fn record(root: &Path, project: &str, image: &str) -> anyhow::Result<()> {
+    let mut images = history(root, project)?;
+    if images.last().map(String::as_str) == Some(image) {
+        return Ok(());
+    }
+    images.push(image.to_owned());
+    let path = history_file(root, project);
+    std::fs::create_dir_all(path.parent().expect("has a parent"))
+        .and_then(|()| std::fs::write(&path, images.join("\n") + "\n"))
+        .with_context(|| format!("failed to write {}", path.display()))
+}
+
+/// The image deployed before the current one.
+pub fn previous(root: &Path, project: &str) -> anyhow::Result<String> {
+    let images = history(root, project)?;
+    match images.as_slice() {
+        [.., previous, _] => Ok(previous.clone()),
+        _ => bail!(
+            "{} records no deployment before the current one, so there is nothing to roll back to",
+            history_file(root, project).display()
+        ),
+    }
+}
+
+/// Roll a container deployment back to the image deployed before the
+/// current one (with the environment's current settings), replica by
+/// replica as any rollout.
+#[derive(Debug, clap::Args)]
+pub struct Rollback {
+    /// The environment deployed with `deploy --containers`.
+    #[arg(long, value_name = "NAME", default_value = "local")]
+    pub env: String,
+}
+
+impl Rollback {
+    pub fn run(&self, root: &Path) -> anyhow::Result<()> {
+        let environment = crate::environment::load(root, &self.env)?;
+        let project = project(&environment);
+        let image = previous(root, &project)?;
+        step(&format!("rolling {project} back to {image}"));
+        run(root, &environment, Some(&image), false)
+    }
+}
+
 fn step(what: &str) {
     eprintln!("==> {what}");
 }
@@ -300,4 +362,22 @@ fn migrate(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollback_goes_to_the_image_before_the_current_one() {
+        let dir = crate::scratch::ScratchDir::new("history");
+        let root = dir.path();
+        assert!(previous(root, "p").unwrap_err().to_string().contains("nothing to roll back to"));
+        for image in ["freedumb:a", "freedumb:b", "freedumb:b"] {
+            record(root, "p", image).unwrap();
+        }
+        assert_eq!(previous(root, "p").unwrap(), "freedumb:a", "a repeated deploy is recorded once");
+        record(root, "p", "freedumb:a").unwrap();
+        assert_eq!(previous(root, "p").unwrap(), "freedumb:b", "a rollback is a deployment too");
+    }
 }

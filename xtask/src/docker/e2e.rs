@@ -331,6 +331,17 @@ fn a_rollout_under_load_through_the_gateway_loses_no_request() {
         "{rows:?}"
     );
 
+    // `rollback` goes back to the image deployed before, the same way.
+    assert_eq!(super::deploy::previous(&root, &project).unwrap(), built.image);
+    super::deploy::Rollback { env: "test".to_owned() }.run(&root).unwrap_or_else(|err| panic!("{err:#}"));
+    let rows = containers::status(&engine, &project).unwrap();
+    assert!(
+        rows.iter()
+            .filter(|row| !["gateway", "migrate"].contains(&row.service.as_str()))
+            .all(|row| row.image == built.image && row.health == "healthy"),
+        "{rows:?}"
+    );
+
     let removed = containers::down(&engine, &project, true).unwrap();
     assert_eq!(
         removed.first().map(String::as_str),

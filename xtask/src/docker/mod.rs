@@ -89,6 +89,7 @@ impl Engine {
     }
 
     /// Tags `image` as `repository:tag` too.
+    #[cfg(test)]
     pub fn tag(&self, image: &str, repository: &str, tag: &str) -> anyhow::Result<()> {
         let options = TagImageOptionsBuilder::new().repo(repository).tag(tag).build();
         self.runtime
