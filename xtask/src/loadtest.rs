@@ -91,6 +91,15 @@ pub struct Loadtest {
     /// are not comparable). --smoke implies it.
     #[arg(long)]
     debug: bool,
+    /// The benchmark: the read path against the platform and against a bare
+    /// axum ceiling, then the journey mix; without think time, so use
+    /// --target platform (the gateway's rate limits would answer 429).
+    #[arg(long)]
+    benchmark: bool,
+    /// The ceiling's database: the platform's (the environment's
+    /// postgres.url by default).
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
     /// A label for the run folder and the summary.
     #[arg(long, default_value = "")]
     label: String,
@@ -220,45 +229,232 @@ impl Loadtest {
             );
         }
 
+        if self.benchmark {
+            let database_url = match (&self.database_url, &environment.model.postgres.url) {
+                (Some(url), _) | (None, Some(url)) => url.clone(),
+                (None, None) => bail!("environment `{}` has no postgres.url; pass --database-url", self.env),
+            };
+            return self.benchmark(root, &binary, &target, &metrics_url, &database_url);
+        }
+
         let label = if self.smoke { "smoke".to_owned() } else { self.label.clone() };
         let out = run_folder(root, &self.scenario, &label)?;
-        let mut cmd = Command::new(&binary);
+        let run = Invocation {
+            scenario: &self.scenario,
+            think_time: &think_time,
+            host: &target,
+            setup_host: None,
+            metrics_url: Some(&metrics_url),
+            cross_check: true,
+            users,
+            hatch_rate: &hatch_rate,
+            duration: &duration,
+            rules: &rules,
+            out: &out,
+            label: format!("{} {}", self.env, label).trim().to_owned(),
+        };
+        eprintln!(
+            "==> {users} users ({hatch_rate} per second) for {duration} on {target}, scenario {}, think time {think_time} ms",
+            self.scenario
+        );
+        eprintln!("    objectives: {}", if rules.is_empty() { "none".to_owned() } else { rules.join(", ") });
+        self.invoke(&binary, &run)
+    }
+
+    /// Runs `loadtests run` once; Err when it fails to run or fails its
+    /// objectives, baseline or cross-check.
+    fn invoke(&self, binary: &Path, run: &Invocation<'_>) -> anyhow::Result<()> {
+        let mut cmd = Command::new(binary);
         cmd.arg("run")
-            .args(["--scenario", &self.scenario, "--think-time", &think_time])
-            .args(["--metrics-url", &metrics_url])
+            .args(["--scenario", run.scenario, "--think-time", run.think_time])
             .args(["--crosscheck-tolerance", &self.crosscheck_tolerance.to_string()])
             .args(["--baseline-tolerance", &self.baseline_tolerance.to_string()])
             .arg("--out")
-            .arg(&out)
-            .args(["--label", &format!("{} {}", self.env, label).trim().to_owned()])
-            .args(["--host", &target, "--users", &users.to_string()])
-            .args(["--increase-rate", &hatch_rate, "--run-time", &duration])
+            .arg(run.out)
+            .args(["--label", &run.label])
+            .args(["--host", run.host, "--users", &run.users.to_string()])
+            .args(["--increase-rate", run.hatch_rate, "--run-time", run.duration])
             .args(["--quiet", "--no-print-metrics"]);
+        if let Some(url) = run.metrics_url {
+            cmd.args(["--metrics-url", url]);
+        }
+        if !run.cross_check {
+            cmd.arg("--no-crosscheck");
+        }
+        if let Some(host) = run.setup_host {
+            cmd.args(["--setup-host", host]);
+        }
         if let Some(baseline) = &self.baseline {
             cmd.arg("--baseline").arg(baseline);
         }
         if self.smoke {
             cmd.arg("--fail-on-mismatch");
         }
-        for rule in &rules {
+        for rule in run.rules {
             cmd.args(["--threshold", rule]);
         }
-        eprintln!(
-            "==> {} users ({} per second) for {duration} on {target}, scenario {}, think time {think_time} ms",
-            users, hatch_rate, self.scenario
-        );
-        eprintln!("    objectives: {}", if rules.is_empty() { "none".to_owned() } else { rules.join(", ") });
         let shown = process::display(&cmd);
         let status = cmd.status().with_context(|| format!("failed to start `{shown}`"))?;
         match status.code() {
             Some(0) => Ok(()),
             Some(2) => bail!(
                 "the load test failed its objectives, its baseline or its cross-check: see the table above and {}",
-                out.join("summary.md").display()
+                run.out.join("summary.md").display()
             ),
             _ => bail!("`{shown}` failed: {status}"),
         }
     }
+
+    /// The benchmark: the read path against the platform and against the
+    /// ceiling (same journey, same database, same pool size), then the
+    /// journey mix against the platform, all without think time; a
+    /// `benchmark.md` beside the three run folders puts them together.
+    fn benchmark(
+        &self,
+        root: &Path,
+        binary: &Path,
+        platform_url: &str,
+        metrics_url: &str,
+        database_url: &str,
+    ) -> anyhow::Result<()> {
+        let dir = run_folder(root, "benchmark", &self.label)?;
+        let (users, hatch_rate, duration) = (self.users, self.hatch_rate.as_str(), self.duration.as_str());
+        let think_time = self.think_time.clone().unwrap_or_else(|| "0".to_owned());
+        let invocation = |scenario: &'static str, host: &'static str, out: PathBuf| (scenario, host, out);
+        let runs = [
+            invocation("readpath", "platform", dir.join("readpath-platform")),
+            invocation("readpath", "ceiling", dir.join("readpath-ceiling")),
+            invocation("mix", "platform", dir.join("mix-platform")),
+        ];
+        let ceiling_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("failed to find a free port for the ceiling")?
+            .port();
+        let ceiling_url = format!("http://127.0.0.1:{ceiling_port}");
+        let mut ceiling_peak_kib = None;
+        for (scenario, host, out) in &runs {
+            let mut ceiling = None;
+            if *host == "ceiling" {
+                let mut child = Command::new(binary)
+                    .args(["ceiling", "--listen", &format!("127.0.0.1:{ceiling_port}")])
+                    .env("DATABASE_URL", database_url)
+                    .spawn()
+                    .context("failed to start the ceiling")?;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while std::net::TcpStream::connect(("127.0.0.1", ceiling_port)).is_err() {
+                    if std::time::Instant::now() > deadline || child.try_wait()?.is_some() {
+                        let _ = child.kill();
+                        bail!("the ceiling did not start listening on {ceiling_url}");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                ceiling = Some(child);
+            }
+            eprintln!("==> benchmark: {scenario} against the {host}, {users} users for {duration}");
+            let run = Invocation {
+                scenario,
+                think_time: &think_time,
+                host: if *host == "ceiling" { &ceiling_url } else { platform_url },
+                setup_host: (*host == "ceiling").then_some(platform_url),
+                // Memory is sampled from the platform in every run; the
+                // cross-check runs with the mix, whose figures then cover
+                // set-up too.
+                metrics_url: Some(metrics_url),
+                cross_check: *scenario == "mix",
+                users,
+                hatch_rate,
+                duration,
+                rules: &self.slos,
+                out,
+                label: format!("benchmark: {scenario} against the {host}"),
+            };
+            let result = self.invoke(binary, &run);
+            if let Some(mut child) = ceiling {
+                ceiling_peak_kib = peak_resident_kib(child.id());
+                let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+                let _ = child.wait();
+            }
+            result?;
+        }
+        let report = benchmark_report(&dir, ceiling_peak_kib)?;
+        std::fs::write(dir.join("benchmark.md"), &report)
+            .with_context(|| format!("failed to write {}", dir.join("benchmark.md").display()))?;
+        println!("{report}");
+        eprintln!("benchmark: {}", dir.display());
+        Ok(())
+    }
+}
+
+/// One `loadtests run`.
+struct Invocation<'a> {
+    scenario: &'a str,
+    think_time: &'a str,
+    host: &'a str,
+    setup_host: Option<&'a str>,
+    metrics_url: Option<&'a str>,
+    cross_check: bool,
+    users: usize,
+    hatch_rate: &'a str,
+    duration: &'a str,
+    rules: &'a [String],
+    out: &'a Path,
+    label: String,
+}
+
+/// A process's peak resident set (VmHWM), from /proc.
+fn peak_resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The benchmark's table, from the three runs' summary.json.
+fn benchmark_report(dir: &Path, ceiling_peak_kib: Option<u64>) -> anyhow::Result<String> {
+    let load = |name: &str| -> anyhow::Result<serde_json::Value> {
+        let path = dir.join(name).join("summary.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("failed to read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("failed to parse {}", path.display()))
+    };
+    let read_group = |summary: &serde_json::Value| -> serde_json::Value {
+        summary["groups"]
+            .as_array()
+            .and_then(|groups| groups.iter().find(|g| g["name"] == "GET /v1/transactions?limit=50"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (platform, ceiling, mix) = (load("readpath-platform")?, load("readpath-ceiling")?, load("mix-platform")?);
+    let (p, c) = (read_group(&platform), read_group(&ceiling));
+    let f = |v: &serde_json::Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
+    let mib = |v: &serde_json::Value| {
+        v["server_peak_resident_bytes"].as_f64().map_or_else(|| "–".to_owned(), |b| format!("{:.1}", b / 1048576.0))
+    };
+    let row = |what: &str, g: &serde_json::Value, memory: String| {
+        format!(
+            "| {what} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {memory} |\n",
+            f(g, "requests_per_second"),
+            f(g, "p50_ms"),
+            f(g, "p95_ms"),
+            f(g, "p99_ms"),
+            g["errors"]
+        )
+    };
+    let mut out = format!(
+        "# Benchmark: {} users, {} s each (the mix; the read-path runs likewise)\n\n| run | req/s | p50 ms | p95 ms | p99 ms | errors | peak RSS MiB |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+        mix["users"], mix["duration_seconds"]
+    );
+    out.push_str(&row("journey mix, platform (all requests)", &mix["total"], mib(&mix)));
+    out.push_str(&row("read path `GET /v1/transactions?limit=50`, platform", &p, mib(&platform)));
+    out.push_str(&row(
+        "read path, bare axum ceiling (one query)",
+        &c,
+        ceiling_peak_kib.map_or_else(|| "–".to_owned(), |kib| format!("{:.1}", kib as f64 / 1024.0)),
+    ));
+    out.push_str(&format!(
+        "\nRead path: {:.0}% of the ceiling's throughput (target ≥ 80%), p99 {:.1} ms (target < 25 ms).\n",
+        100.0 * f(&p, "requests_per_second") / f(&c, "requests_per_second"),
+        f(&p, "p99_ms")
+    ));
+    Ok(out)
 }
 
 fn base_url(host: IpAddr, port: u16) -> String {
@@ -463,6 +659,8 @@ mod tests {
             crosscheck_tolerance: 1.0,
             smoke: true,
             debug: false,
+            benchmark: false,
+            database_url: None,
             label: String::new(),
         };
         smoke.run(&crate::project_root()).unwrap_or_else(|err| panic!("{err:#}"));
