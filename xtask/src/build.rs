@@ -144,21 +144,31 @@ pub fn build_offline(
 }
 
 /// Builds the gateway image: this machine's nginx and its libraries on
-/// scratch, tagged `freedumb-gateway:<git sha>`.
-pub fn build_gateway(engine: &Engine, root: &Path, nginx: &Path, uid: u32) -> anyhow::Result<Built> {
-    let revision = git(root, &["rev-parse", "HEAD"])?;
-    let dirty = !git(root, &["status", "--porcelain"])?.is_empty();
-    let tag = image_tag(&revision, dirty, false).replacen(IMAGE, GATEWAY_IMAGE, 1);
+/// scratch. Tagged by its content, `freedumb-gateway:<digest>`, not by the
+/// git revision: a deployment recreates its gateway only when nginx itself
+/// changed, never because of an unrelated commit.
+pub fn build_gateway(engine: &Engine, nginx: &Path, uid: u32) -> anyhow::Result<Built> {
     let labels = BTreeMap::from([
         ("org.opencontainers.image.title".to_owned(), "freedumb-gateway".to_owned()),
         ("org.opencontainers.image.description".to_owned(), "FREEDUMB gateway: nginx on scratch".to_owned()),
-        ("org.opencontainers.image.revision".to_owned(), revision),
     ]);
     let nginx = absolute(nginx)?;
     let offline = Offline::for_program(Program::Gateway, &nginx, uid, labels)?;
-    let id = engine.build(offline.context()?, &tag, &mut std::io::sink())?;
+    let context = offline.context()?;
+    let tag = format!("{GATEWAY_IMAGE}:{}", digest(&context));
+    let id = engine.build(context, &tag, &mut std::io::sink())?;
     let size = engine.image_size(&tag)?.unwrap_or_default();
     Ok(Built { image: tag, id, size })
+}
+
+/// FNV-1a of `bytes`, 12 hex digits: enough to tell builds apart.
+fn digest(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")[..12].to_owned()
 }
 
 /// A program's absolute path: as given when it has a directory, else the

@@ -65,7 +65,7 @@ pub fn run(root: &Path, environment: &Environment, image: Option<&str>, debug: b
     let project = project(environment);
 
     let nginx = tools::require(&tools::NGINX)?;
-    let gateway_image = build::build_gateway(&engine, root, &nginx, environment.model.platform.build.uid)?.image;
+    let gateway_image = build::build_gateway(&engine, &nginx, environment.model.platform.build.uid)?.image;
     let mut gateway = Gateway::new(&engine, root, environment, &project, gateway_image);
 
     let desired = desired(environment, &image, &secret);
@@ -123,10 +123,10 @@ pub struct Gateway<'a> {
 
 /// How long the gateway gets to answer /health after it starts.
 const GATEWAY_TIMEOUT: Duration = Duration::from_secs(20);
-/// nginx's reload starts the new workers within milliseconds; the old ones
-/// stop taking connections then. This margin is what `switch` waits before
-/// it returns, since nginx does not report the end of a reload.
-const RELOAD_SETTLE: Duration = Duration::from_millis(1000);
+/// Once a new worker answers, the old ones are closing their listening
+/// sockets; a short margin covers a connection one of them accepted just
+/// before.
+const RELOAD_SETTLE: Duration = Duration::from_millis(250);
 
 impl<'a> Gateway<'a> {
     pub fn new(engine: &'a Engine, root: &'a Path, environment: &'a Environment, project: &str, image: String) -> Self {
@@ -176,17 +176,19 @@ impl<'a> Gateway<'a> {
         }
         std::fs::create_dir_all(&self.dir).with_context(|| format!("failed to create {}", self.dir.display()))?;
         render::write(&files, &self.dir.join("conf"))?;
+        let version = render::gateway_upstreams_version(&files);
         self.rendered = Some(files);
         if running {
             self.engine.kill(&self.name, "HUP")?;
-            std::thread::sleep(RELOAD_SETTLE);
-            return self.wait_answering();
+        } else {
+            // Another image, or stopped: a new container.
+            self.engine.stop(&self.name, 35)?;
+            self.engine.remove(&self.name, true)?;
+            self.engine.run(&self.name, self.body())?;
         }
-        // Another image, or stopped: a new container.
-        self.engine.stop(&self.name, 35)?;
-        self.engine.remove(&self.name, true)?;
-        self.engine.run(&self.name, self.body())?;
-        self.wait_answering()
+        self.wait_answering(version.as_deref())?;
+        std::thread::sleep(RELOAD_SETTLE);
+        Ok(())
     }
 
     fn body(&self) -> ContainerCreateBody {
@@ -216,19 +218,32 @@ impl<'a> Gateway<'a> {
         }
     }
 
-    fn wait_answering(&self) -> anyhow::Result<()> {
+    /// Waits until a new connection to the gateway is answered with the
+    /// upstreams' `version`: nginx does not report the end of a reload, and
+    /// keeps the old configuration if the new one is refused.
+    fn wait_answering(&self, version: Option<&str>) -> anyhow::Result<()> {
         let url = format!("{}/health", self.url);
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
         let deadline = Instant::now() + GATEWAY_TIMEOUT;
         loop {
-            match agent.get(&url).call() {
-                Ok(_) => return Ok(()),
-                Err(err) if Instant::now() >= deadline => bail!(
-                    "the gateway does not answer {url} ({err}); the last lines of its log:\n{}",
+            // A new agent each time: a new connection, never an old worker's.
+            let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
+            let answer = match agent.get(&url).call() {
+                Ok(response) => {
+                    let seen = response.header(render::GATEWAY_UPSTREAMS_HEADER).map(str::to_owned);
+                    if version.is_none() || seen.as_deref() == version {
+                        return Ok(());
+                    }
+                    format!("it still answers with the upstreams of version {}", seen.unwrap_or_default())
+                }
+                Err(err) => err.to_string(),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "the gateway did not take its new configuration: {answer}; the last lines of its log:\n{}",
                     self.engine.last_log_lines(&self.name, 20)
-                ),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                );
             }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

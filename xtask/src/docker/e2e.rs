@@ -160,8 +160,10 @@ fn replicas_converge_roll_forward_and_roll_back_a_broken_change() {
     let engine = engine();
     let built = debug_image(&engine);
     let deployment = Deployment::new(&engine, "converge");
-    // Slots are 10000 apart: keep the base low enough for both.
-    let base_port = 20000 + free_port() % 20000;
+    // Replicas and slots take base..base+1999 and base+10000..base+11999:
+    // clear of the `local` and `test` environments' ports and of the
+    // ephemeral range (32768 and up), so no client socket can hold one.
+    let base_port = 20000 + (std::process::id() % 1000) as u16;
     let migrate = format!("{}-migrate", deployment.project);
     let spec = deployment.spec(&built.image, "migrate", &["migrate", "auth", "--create-database"], None, base_port);
     engine.run(&migrate, spec.body()).unwrap();

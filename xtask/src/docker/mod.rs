@@ -25,7 +25,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 
@@ -91,7 +91,7 @@ impl Engine {
     /// Tags `image` as `repository:tag` too.
     #[cfg(test)]
     pub fn tag(&self, image: &str, repository: &str, tag: &str) -> anyhow::Result<()> {
-        let options = TagImageOptionsBuilder::new().repo(repository).tag(tag).build();
+        let options = bollard::query_parameters::TagImageOptionsBuilder::new().repo(repository).tag(tag).build();
         self.runtime
             .block_on(self.docker.tag_image(image, Some(options)))
             .with_context(|| format!("failed to tag {image} as {repository}:{tag}"))

@@ -160,6 +160,27 @@ pub fn render(root: &Path, environment: &Environment, upstreams: Upstreams) -> a
     render_with(&tera, environment, upstreams)
 }
 
+/// The response header of a container deployment's gateway that names its
+/// upstreams' version (see `render_gateway`).
+pub const GATEWAY_UPSTREAMS_HEADER: &str = "X-Gateway-Upstreams";
+
+/// FNV-1a, as hex: a short digest that is the same on every run.
+fn fnv1a(text: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// The value of `GATEWAY_UPSTREAMS_HEADER` in a rendered nginx.conf.
+pub fn gateway_upstreams_version(files: &Files) -> Option<String> {
+    let conf = files.get("nginx.conf")?;
+    let line = conf.lines().find(|line| line.contains(GATEWAY_UPSTREAMS_HEADER))?;
+    line.split('"').nth(1).map(str::to_owned)
+}
+
 /// The gateway's files (`nginx/`, without the prefix) for a container
 /// deployment: each service's upstream lists the addresses of its serving
 /// replicas, `servers[service]`, instead of the environment's one address.
@@ -175,6 +196,13 @@ pub fn render_gateway(
             upstream.servers.clone_from(addresses);
         }
     }
+    // Which upstreams answered: after a reload, a response carrying the new
+    // value comes from a worker with the new configuration.
+    let upstreams: Vec<&Vec<String>> = context.gateway.upstreams.iter().map(|u| &u.servers).collect();
+    context.gateway.headers.push(context::HeaderView {
+        name: GATEWAY_UPSTREAMS_HEADER.to_owned(),
+        value: fnv1a(&format!("{upstreams:?}")),
+    });
     let base = tera::Context::from_serialize(&context).context("failed to build the template context")?;
     let mut files = Files::new();
     for (out, template) in outputs(environment.model.kind) {
