@@ -70,9 +70,12 @@ pub fn scenarios(name: &str, think: (Duration, Duration)) -> Result<Vec<Scenario
             .pipe(Ok::<_, GooseError>)
     };
     let dashboard = || {
+        // A dashboard loads six requests at once, and a person then looks at
+        // it for a while: six times the think time keeps this user's request
+        // rate near the others' (and under the gateway's per-client limit).
         scenario!("dashboard")
             .set_weight(3)?
-            .set_wait_time(think.0, think.1)?
+            .set_wait_time(think.0 * 6, think.1 * 6)?
             .register_transaction(transaction!(set_up_dashboard).set_on_start().set_name("set up"))
             .register_transaction(transaction!(dashboard_view).set_name("dashboard"))
             .pipe(Ok::<_, GooseError>)
