@@ -633,6 +633,16 @@ mod tests {
                 .args(["-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", &self.database])
                 .stderr(Stdio::null())
                 .status();
+            // The budget consumer's durable queues, named after the exchange;
+            // best effort (rabbitmqctl is RabbitMQ's own CLI, which `.ci/run`
+            // installs with the server). The exchange itself holds nothing.
+            for queue in ["budget.transactions", "budget.transactions.dlq"] {
+                let _ = Command::new("rabbitmqctl")
+                    .args(["delete_queue", &format!("test.events.{}.{queue}", self.database)])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
     }
 
