@@ -117,6 +117,9 @@ struct Row {
     updated_at: DateTime<Utc>,
     /// The amount as an exact decimal string, for amount cursors.
     amount_value: String,
+    /// Whether the transaction has splits, so a page without any costs one
+    /// database round trip instead of two.
+    has_splits: bool,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -130,20 +133,25 @@ struct SplitRow {
 const SELECT: &str = "
     SELECT t.id, t.account_id, t.amount, a.currency, t.date, t.payee, t.description, t.category_id, t.tags, t.notes,
            t.transfer_id, t.created_at, t.updated_at,
-           (t.amount::numeric / (10::numeric ^ t.currency_exponent))::text AS amount_value
+           (t.amount::numeric / (10::numeric ^ t.currency_exponent))::text AS amount_value,
+           EXISTS (SELECT 1 FROM ledger.transaction_splits s WHERE s.transaction_id = t.id) AS has_splits
     FROM ledger.transactions t JOIN ledger.accounts a ON a.id = t.account_id";
 
 /// Rows with their splits, in the rows' order.
 async fn with_splits(conn: &mut PgConnection, rows: Vec<Row>) -> ApiResult<Vec<Transaction>> {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let splits: Vec<SplitRow> = sqlx::query_as(
-        "SELECT transaction_id, category_id, amount, note FROM ledger.transaction_splits
-         WHERE transaction_id = ANY($1) ORDER BY transaction_id, position",
-    )
-    .bind(&ids)
-    .fetch_all(conn)
-    .await
-    .context("failed to load splits")?;
+    let ids: Vec<Uuid> = rows.iter().filter(|r| r.has_splits).map(|r| r.id).collect();
+    let splits: Vec<SplitRow> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT transaction_id, category_id, amount, note FROM ledger.transaction_splits
+             WHERE transaction_id = ANY($1) ORDER BY transaction_id, position",
+        )
+        .bind(&ids)
+        .fetch_all(conn)
+        .await
+        .context("failed to load splits")?
+    };
     rows.into_iter()
         .map(|row| {
             let currency =
@@ -719,6 +727,7 @@ fn clone_row(row: &Row) -> Row {
         created_at: row.created_at,
         updated_at: row.updated_at,
         amount_value: row.amount_value.clone(),
+        has_splits: row.has_splits,
     }
 }
 
