@@ -77,10 +77,18 @@ pub async fn observe(State(metrics): State<Metrics>, mut req: Request, next: Nex
     if status.is_server_error() {
         let cause = report.as_ref().and_then(|r| r.cause.as_deref()).unwrap_or("");
         tracing::error!(target: "http", method, route, status = status.as_u16(), latency_ms, user_id, error = cause, "request failed");
+    } else if is_probe(&route) && status.is_success() {
+        // Probes and scrapes arrive every few seconds per replica; at info
+        // they would drown the requests that matter.
+        tracing::debug!(target: "http", method, route, status = status.as_u16(), latency_ms, "request");
     } else {
         tracing::info!(target: "http", method, route, status = status.as_u16(), latency_ms, user_id, "request");
     }
     response
+}
+
+fn is_probe(route: &str) -> bool {
+    matches!(route, "/health" | "/ready" | "/metrics")
 }
 
 fn is_json(response: &Response) -> bool {
