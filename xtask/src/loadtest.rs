@@ -633,9 +633,10 @@ mod tests {
                 .args(["-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", &self.database])
                 .stderr(Stdio::null())
                 .status();
-            // The budget consumer's durable queues, named after the exchange;
-            // best effort (rabbitmqctl is RabbitMQ's own CLI, which `.ci/run`
-            // installs with the server). The exchange itself holds nothing.
+            // The budget consumer's durable queues, named after the exchange,
+            // and the exchange; best effort (rabbitmqctl is RabbitMQ's own
+            // CLI, which `.ci/run` installs with the server). It has no
+            // command for exchanges, so that one goes through `eval`.
             for queue in ["budget.transactions", "budget.transactions.dlq"] {
                 let _ = Command::new("rabbitmqctl")
                     .args(["delete_queue", &format!("test.events.{}.{queue}", self.database)])
@@ -643,6 +644,15 @@ mod tests {
                     .stderr(Stdio::null())
                     .status();
             }
+            let exchange = format!("test.events.{}", self.database);
+            let _ = Command::new("rabbitmqctl")
+                .args([
+                    "eval",
+                    &format!("rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"{exchange}\">>), false, <<\"test\">>)."),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
 
