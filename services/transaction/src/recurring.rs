@@ -295,24 +295,11 @@ async fn update_rule(
     let mut tx = state.platform.db.begin().await.context("failed to begin")?;
     let current = find(tx.conn(), user.user_id, id).await?;
     let currency = Currency::from_code(&current.currency).context("unknown currency")?;
-    let amount = req
-        .amount
-        .as_deref()
-        .map(|a| parse_amount("amount", currency, a))
-        .transpose()
-        .map_err(|e| ApiError::validation(vec![e]))?;
-    let payee = req
-        .payee
-        .as_deref()
-        .map(|p| optional_text("payee", Some(p), 200))
-        .transpose()
-        .map_err(|e| ApiError::validation(vec![e]))?;
-    let description = req
-        .description
-        .as_deref()
-        .map(|d| optional_text("description", Some(d), 500))
-        .transpose()
-        .map_err(|e| ApiError::validation(vec![e]))?;
+    let mut errors = FieldErrors::default();
+    let amount = req.amount.as_deref().and_then(|a| errors.keep(parse_amount("amount", currency, a)));
+    let payee = req.payee.as_deref().and_then(|p| errors.keep(optional_text("payee", Some(p), 200)));
+    let description = req.description.as_deref().and_then(|d| errors.keep(optional_text("description", Some(d), 500)));
+    errors.finish()?;
     sqlx::query(
         "UPDATE ledger.recurring_rules SET amount = COALESCE($2, amount),
                 payee = CASE WHEN $3 THEN $4 ELSE payee END,

@@ -100,7 +100,7 @@ pub struct Transaction {
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct Row {
     id: Uuid,
     account_id: Uuid,
@@ -665,7 +665,7 @@ async fn update_transaction(
         Some(tags) => errors.keep(parse_tags(tags)).unwrap_or_default(),
         None => current.tags.clone(),
     };
-    let existing_splits: Vec<SplitInput> = with_splits(tx.conn(), vec![clone_row(&current)])
+    let existing_splits: Vec<SplitInput> = with_splits(tx.conn(), vec![current.clone()])
         .await?
         .remove(0)
         .splits
@@ -709,26 +709,6 @@ async fn update_transaction(
     tx.commit().await.context("failed to commit")?;
     accounts::changed(&state, user.user_id, &[current.account_id]).await;
     Ok(Json(updated))
-}
-
-fn clone_row(row: &Row) -> Row {
-    Row {
-        id: row.id,
-        account_id: row.account_id,
-        amount: row.amount,
-        currency: row.currency.clone(),
-        date: row.date,
-        payee: row.payee.clone(),
-        description: row.description.clone(),
-        category_id: row.category_id,
-        tags: row.tags.clone(),
-        notes: row.notes.clone(),
-        transfer_id: row.transfer_id,
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-        amount_value: row.amount_value.clone(),
-        has_splits: row.has_splits,
-    }
 }
 
 /// Deletes a transaction; deleting either leg of a transfer deletes both.

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{Backoff, DEAD_LETTER_EXCHANGE, EXCHANGE, Event, Outage, pause, within};
+use super::{Backoff, DEAD_LETTER_EXCHANGE, EXCHANGE, Event, Outage, PRUNE_EVERY, pause, prune_in_batches, within};
 use crate::db::{Db, check_schema};
 use crate::service::BackgroundTask;
 
@@ -175,8 +175,6 @@ impl Default for ConsumerConfig {
 
 /// The header that numbers the attempt a delivery is; absent on the first.
 pub const ATTEMPT_HEADER: &str = "freedumb-attempt";
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-const PRUNE_BATCH: i64 = 10_000;
 
 /// Consumes the queue `queue` (bound to the events exchange with
 /// `bindings`, such as `transaction.*`) into `handler`, until shut down.
@@ -495,18 +493,14 @@ impl Consumer {
             "DELETE FROM {schema}.inbox WHERE (event_id, consumer) IN (SELECT event_id, consumer FROM {schema}.inbox \
              WHERE consumer = $1 AND processed_at < now() - make_interval(secs => $2) LIMIT $3)"
         );
-        loop {
-            let deleted = sqlx::query(&sql)
+        prune_in_batches(|batch| {
+            sqlx::query(&sql)
                 .bind(&self.queue)
                 .bind(self.config.inbox_retention.as_secs_f64())
-                .bind(PRUNE_BATCH)
+                .bind(batch)
                 .execute(&self.db.pool)
-                .await?
-                .rows_affected();
-            if deleted < PRUNE_BATCH as u64 {
-                return Ok(());
-            }
-        }
+        })
+        .await
     }
 }
 

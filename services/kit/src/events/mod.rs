@@ -116,6 +116,28 @@ fn parse_url(url: &SecretString) -> anyhow::Result<AMQPUri> {
     url.expose_secret().parse().map_err(|_| anyhow::anyhow!("the RabbitMQ URL is not a valid AMQP URL"))
 }
 
+/// How often relays prune published outbox rows and consumers prune their
+/// inbox rows past retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Rows deleted per statement when pruning, so one prune never holds long
+/// locks or writes a huge WAL burst.
+const PRUNE_BATCH: i64 = 10_000;
+
+/// Runs `delete_batch` (a `DELETE ... LIMIT` of at most the given number of
+/// rows) until a batch deletes fewer than that: the table is pruned.
+async fn prune_in_batches<F, Fut>(mut delete_batch: F) -> anyhow::Result<()>
+where
+    F: FnMut(i64) -> Fut,
+    Fut: Future<Output = Result<sqlx::postgres::PgQueryResult, sqlx::Error>>,
+{
+    loop {
+        let deleted = delete_batch(PRUNE_BATCH).await?.rows_affected();
+        if deleted < PRUNE_BATCH.unsigned_abs() {
+            return Ok(());
+        }
+    }
+}
+
 /// How long connecting (TCP, AMQP handshake) may take before the attempt
 /// counts as failed; without it a half-open network could hang a relay.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

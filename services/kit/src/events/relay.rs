@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Backoff, EXCHANGE, Event, Outage, pause, within};
+use super::{Backoff, EXCHANGE, Event, Outage, PRUNE_EVERY, pause, prune_in_batches, within};
 use crate::db::{Db, check_schema};
 use crate::service::BackgroundTask;
 
@@ -54,10 +54,6 @@ impl Default for RelayConfig {
 /// How often the `outbox_pending` gauge is refreshed, and published rows
 /// are pruned.
 const PENDING_EVERY: Duration = Duration::from_secs(5);
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// Rows deleted per statement when pruning, so one prune never holds long
-/// locks or writes a huge WAL burst.
-const PRUNE_BATCH: i64 = 10_000;
 
 /// Publishes the unpublished rows of `<schema>.outbox`, oldest first, until
 /// shut down. Run one per replica of the service that owns the schema
@@ -275,17 +271,10 @@ impl Relay {
             "DELETE FROM {schema}.outbox WHERE id IN (SELECT id FROM {schema}.outbox \
              WHERE published_at < now() - make_interval(secs => $1) LIMIT $2)"
         );
-        loop {
-            let deleted = sqlx::query(&sql)
-                .bind(self.config.retention.as_secs_f64())
-                .bind(PRUNE_BATCH)
-                .execute(&self.db.pool)
-                .await?
-                .rows_affected();
-            if deleted < PRUNE_BATCH as u64 {
-                return Ok(());
-            }
-        }
+        prune_in_batches(|batch| {
+            sqlx::query(&sql).bind(self.config.retention.as_secs_f64()).bind(batch).execute(&self.db.pool)
+        })
+        .await
     }
 }
 
