@@ -3,8 +3,11 @@
 //!
 //! The server counts every request it answered in `http_requests_total` and
 //! times it in `http_request_duration_seconds`, both by method, route
-//! template and status. Subtracting the scrape before the run from the one
-//! after gives what this run did (anything else hitting the server at the
+//! template and status. A deployment can be several processes (one
+//! container per replica of each service), each with its own `/metrics`:
+//! every one is scraped and their counters and histogram buckets summed, so
+//! the deployment is compared as one server. Subtracting the scrape before
+//! the run from the one after gives what this run did (anything else hitting the server at the
 //! same time counts too, so run against a quiet server). Counts should agree
 //! exactly: a gap means requests that never reached the handler (a gateway's
 //! 429, a client time-out) or a request-naming mistake. Server latency is the
@@ -32,6 +35,16 @@ pub struct RouteFigures {
     pub errors: f64,
     /// Cumulative bucket counts by upper bound in seconds, summed over status codes.
     pub buckets: BTreeMap<u64, f64>,
+}
+
+/// Scrapes every process of a deployment and sums them; a process that does
+/// not answer fails the scrape, as its requests would be missing.
+pub async fn scrape_all(client: &reqwest_goose::Client, urls: &[String]) -> anyhow::Result<Snapshot> {
+    let mut total = Snapshot::default();
+    for url in urls {
+        total.add(&scrape(client, url).await?);
+    }
+    Ok(total)
 }
 
 /// Fetches and parses `url` (a `/metrics` endpoint).
@@ -118,6 +131,24 @@ fn bound_key(seconds: f64) -> u64 {
 }
 
 impl Snapshot {
+    /// Adds `other`'s figures to these: two processes as one. Counters and
+    /// cumulative buckets add up (every process runs the same binary, so
+    /// the buckets' bounds are the same); resident memory too.
+    pub fn add(&mut self, other: &Snapshot) {
+        for (key, theirs) in &other.routes {
+            let ours = self.routes.entry(key.clone()).or_default();
+            ours.requests += theirs.requests;
+            ours.errors += theirs.errors;
+            for (bound, count) in &theirs.buckets {
+                *ours.buckets.entry(*bound).or_default() += count;
+            }
+        }
+        self.resident_memory_bytes = match (self.resident_memory_bytes, other.resident_memory_bytes) {
+            (Some(ours), Some(theirs)) => Some(ours + theirs),
+            (ours, theirs) => ours.or(theirs),
+        };
+    }
+
     /// What happened between `before` and `self`, per route.
     pub fn since(&self, before: &Snapshot) -> HashMap<(String, String), RouteFigures> {
         let mut delta = HashMap::new();
@@ -257,10 +288,19 @@ pub fn compare(
     rows
 }
 
-pub fn markdown(rows: &[Row], tolerance: f64) -> String {
+pub fn markdown(rows: &[Row], tolerance: f64, endpoints: &[String]) -> String {
     let ms = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.1}"));
+    let scraped = match endpoints {
+        [] => "`/metrics`".to_owned(),
+        [one] => format!("`{one}`"),
+        many => format!(
+            "the sum of {} processes' `/metrics` ({})",
+            many.len(),
+            many.iter().map(|url| format!("`{url}`")).collect::<Vec<_>>().join(", ")
+        ),
+    };
     let mut out = format!(
-        "## Server-side cross-check\n\n`/metrics` before and after the run; tolerance {:.1}%.\n\n\
+        "## Server-side cross-check\n\n{scraped} before and after the run; tolerance {:.1}%.\n\n\
          | request | requests client / server | errors client / server | p50 ms client / server | p99 ms client / server | flag |\n\
          | --- | --- | --- | --- | --- | --- |\n",
         tolerance * 100.0
@@ -346,6 +386,51 @@ http_requests_total{method="GET",route="/v1/accounts/{id}",status_code="200"} 7
         let rows = compare(&client(150, 2), &delta, 0.01);
         assert_eq!(rows[0].flags.len(), 1, "{:?}", rows[0].flags);
         assert!(rows[0].flags[0].contains("client 150 vs server 102"));
+    }
+
+    /// Real scrapes of two `freedumb serve auth` processes (two replicas of
+    /// one service), taken after replica 0 answered 3 `GET /health` and 2
+    /// unauthenticated `GET /v1/auth/me` (401) and replica 1 answered 1 and 4.
+    const REPLICA_0: &str = include_str!("../testdata/metrics-replica-0.txt");
+    const REPLICA_1: &str = include_str!("../testdata/metrics-replica-1.txt");
+
+    fn get(route: &str) -> (String, String) {
+        ("GET".to_owned(), route.to_owned())
+    }
+
+    #[test]
+    fn the_scrapes_of_two_replicas_add_up_to_one_deployment() {
+        let (zero, one) = (parse(REPLICA_0).unwrap(), parse(REPLICA_1).unwrap());
+        let mut total = Snapshot::default();
+        total.add(&zero);
+        total.add(&one);
+
+        let me = &total.routes[&get("/v1/auth/me")];
+        assert_eq!((me.requests, me.errors), (6.0, 6.0));
+        let health = &total.routes[&get("/health")];
+        assert_eq!((health.requests, health.errors), (4.0, 0.0));
+        // Every bucket is the sum of the two processes' buckets.
+        for (bound, count) in &me.buckets {
+            let of = |s: &Snapshot| s.routes[&get("/v1/auth/me")].buckets.get(bound).copied().unwrap_or(0.0);
+            assert_eq!(*count, of(&zero) + of(&one), "bucket {bound}");
+        }
+        assert_eq!(me.buckets[&u64::MAX], 6.0);
+        assert_eq!(
+            total.resident_memory_bytes,
+            Some(zero.resident_memory_bytes.unwrap() + one.resident_memory_bytes.unwrap())
+        );
+
+        // A client that sent its 6 requests through a gateway spreading them
+        // over both replicas agrees with the sum, and with neither alone.
+        let client = BTreeMap::from([(
+            get("/v1/auth/me"),
+            ClientFigures { requests: 6, errors: 6, p50_ms: 50.0, p99_ms: 80.0 },
+        )]);
+        let since_start = |s: &Snapshot| s.since(&Snapshot::default());
+        let rows = compare(&client, &since_start(&total), 0.01);
+        assert!(rows[0].flags.is_empty(), "{:?}", rows[0].flags);
+        let rows = compare(&client, &since_start(&zero), 0.01);
+        assert!(rows[0].flags.iter().any(|f| f.contains("client 6 vs server 2")), "{:?}", rows[0].flags);
     }
 
     #[test]

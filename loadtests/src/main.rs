@@ -8,7 +8,8 @@
 //! `loadtests ceiling` serves the read path as a bare axum handler doing
 //! the same Postgres query, the yardstick for the platform's read path.
 //! `cargo xtask loadtest` is the usual way in: it picks the target from an
-//! environment, the SLOs from `loadtests/slo.toml`, and the run folder.
+//! environment, the SLOs from its `[loadtest]` table, every `/metrics` of
+//! its deployment, and the run folder.
 
 mod ceiling;
 mod crosscheck;
@@ -55,10 +56,11 @@ struct Run {
     /// Transactions each `readpath` user creates before reading.
     #[arg(long, default_value_t = 60)]
     seed_transactions: usize,
-    /// The platform's `/metrics`, scraped before and after the run for the
-    /// server-side cross-check; none when not given.
-    #[arg(long, value_name = "URL")]
-    metrics_url: Option<String>,
+    /// A `/metrics` of the platform, scraped before and after the run for the
+    /// server-side cross-check; repeat it for every process of a deployment
+    /// (one per replica), whose figures are summed. No cross-check without.
+    #[arg(long = "metrics-url", value_name = "URL")]
+    metrics_urls: Vec<String>,
     /// How far client and server counts may differ, in percent, before the
     /// cross-check flags a request group.
     #[arg(long, default_value_t = 1.0)]
@@ -152,7 +154,7 @@ impl Run {
         // the same requests, so the client's figures must cover the whole run
         // as the two scrapes do, set-up included: goose would otherwise reset
         // them once every user has started.
-        let cross_check = self.metrics_url.is_some() && !self.no_crosscheck;
+        let cross_check = !self.metrics_urls.is_empty() && !self.no_crosscheck;
         if cross_check {
             goose.no_reset_metrics = true;
         }
@@ -165,11 +167,9 @@ impl Run {
         }
 
         let client = reqwest_goose::Client::new();
-        let before = match &self.metrics_url {
-            Some(url) if cross_check => Some(crosscheck::scrape(&client, url).await?),
-            _ => None,
-        };
-        let sampler = self.metrics_url.clone().map(|url| tokio::spawn(summary::sample_memory(client.clone(), url)));
+        let before = if cross_check { Some(crosscheck::scrape_all(&client, &self.metrics_urls).await?) } else { None };
+        let sampler = (!self.metrics_urls.is_empty())
+            .then(|| tokio::spawn(summary::sample_memory(client.clone(), self.metrics_urls.clone())));
 
         let mut attack = GooseAttack::initialize_with_config(goose)?;
         for scenario in journeys::scenarios(&self.scenario, self.think_time)? {
@@ -181,9 +181,9 @@ impl Run {
             Err(err) => return Err(anyhow::Error::new(err).context("the load test failed")),
         };
 
-        let server = match (&self.metrics_url, before) {
-            (Some(url), Some(before)) => Some((crosscheck::scrape(&client, url).await?, before)),
-            _ => None,
+        let server = match before {
+            Some(before) => Some((crosscheck::scrape_all(&client, &self.metrics_urls).await?, before)),
+            None => None,
         };
         let peak_memory = match sampler {
             Some(handle) => {
@@ -197,7 +197,7 @@ impl Run {
             &host,
             &self.scenario,
             &metrics,
-            server.as_ref().map(|(after, before)| after.since(before)),
+            server.as_ref().map(|(after, before)| (after.since(before), self.metrics_urls.clone())),
             self.crosscheck_tolerance / 100.0,
             peak_memory,
             baseline.as_ref(),

@@ -56,8 +56,13 @@ pub struct Summary {
     pub groups: Vec<Group>,
     pub thresholds: Vec<ThresholdResult>,
     pub crosscheck_tolerance_percent: f64,
+    /// The `/metrics` endpoints the cross-check scraped and summed: one per
+    /// process of the deployment.
+    #[serde(default)]
+    pub crosscheck_endpoints: Vec<String>,
     pub crosscheck: Vec<crosscheck::Row>,
-    /// The platform's peak `process_resident_memory_bytes` during the run.
+    /// The platform's peak `process_resident_memory_bytes` during the run,
+    /// summed over its processes.
     pub server_peak_resident_bytes: Option<u64>,
     pub baseline_tolerance_percent: f64,
     pub regressions: Vec<Regression>,
@@ -157,7 +162,7 @@ impl Summary {
         target: &str,
         scenario: &str,
         metrics: &GooseMetrics,
-        server: Option<HashMap<(String, String), RouteFigures>>,
+        server: Option<(HashMap<(String, String), RouteFigures>, Vec<String>)>,
         crosscheck_tolerance: f64,
         server_peak_resident_bytes: Option<u64>,
         baseline: Option<&Baseline>,
@@ -191,8 +196,9 @@ impl Summary {
         }
         let total = group("all requests".to_owned(), &raw, co.as_ref(), errors, seconds);
 
+        let crosscheck_endpoints = server.as_ref().map(|(_, endpoints)| endpoints.clone()).unwrap_or_default();
         let crosscheck = server
-            .map(|server| {
+            .map(|(server, _)| {
                 let mut client: BTreeMap<(String, String), ClientFigures> = BTreeMap::new();
                 let mut timings: BTreeMap<(String, String), Times> = BTreeMap::new();
                 for (name, agg) in &metrics.requests {
@@ -220,6 +226,7 @@ impl Summary {
             groups,
             thresholds: metrics.thresholds.clone(),
             crosscheck_tolerance_percent: crosscheck_tolerance * 100.0,
+            crosscheck_endpoints,
             crosscheck,
             server_peak_resident_bytes,
             baseline_tolerance_percent: baseline_tolerance * 100.0,
@@ -257,8 +264,12 @@ impl Summary {
             ));
         }
         if let Some(bytes) = self.server_peak_resident_bytes {
+            let processes = match self.crosscheck_endpoints.len() {
+                0 | 1 => String::new(),
+                n => format!(" (the sum of its {n} processes)"),
+            };
             out.push_str(&format!(
-                "\nPlatform resident memory, peak during the run: {:.1} MiB\n",
+                "\nPlatform resident memory, peak during the run{processes}: {:.1} MiB\n",
                 bytes as f64 / 1048576.0
             ));
         }
@@ -278,7 +289,11 @@ impl Summary {
         }
         if !self.crosscheck.is_empty() {
             out.push('\n');
-            out.push_str(&crosscheck::markdown(&self.crosscheck, self.crosscheck_tolerance_percent / 100.0));
+            out.push_str(&crosscheck::markdown(
+                &self.crosscheck,
+                self.crosscheck_tolerance_percent / 100.0,
+                &self.crosscheck_endpoints,
+            ));
         }
         if !self.regressions.is_empty() {
             out.push_str(&format!(
@@ -327,6 +342,9 @@ impl Summary {
                 "\ncross-check: client and server agree on {} request groups",
                 self.crosscheck.len()
             ));
+        }
+        if !self.crosscheck_endpoints.is_empty() {
+            out.push_str(&format!("\ncross-check scraped: {}", self.crosscheck_endpoints.join(", ")));
         }
         for r in &self.regressions {
             out.push_str(&format!("\nregression: {} {}: {:.2} → {:.2}", r.group, r.figure, r.baseline, r.now));
@@ -388,12 +406,13 @@ impl Baseline {
 
 static PEAK_RESIDENT: AtomicU64 = AtomicU64::new(0);
 
-/// Samples the platform's resident memory once a second until aborted.
-pub async fn sample_memory(client: reqwest_goose::Client, url: String) {
+/// Samples the platform's resident memory, summed over its processes, once
+/// a second until aborted.
+pub async fn sample_memory(client: reqwest_goose::Client, urls: Vec<String>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        if let Ok(snapshot) = crosscheck::scrape(&client, &url).await
+        if let Ok(snapshot) = crosscheck::scrape_all(&client, &urls).await
             && let Some(bytes) = snapshot.resident_memory_bytes
         {
             PEAK_RESIDENT.fetch_max(bytes as u64, Ordering::Relaxed);
@@ -430,6 +449,7 @@ mod tests {
             groups: vec![g],
             thresholds: Vec::new(),
             crosscheck_tolerance_percent: 1.0,
+            crosscheck_endpoints: Vec::new(),
             crosscheck: Vec::new(),
             server_peak_resident_bytes: None,
             baseline_tolerance_percent: 10.0,
@@ -448,6 +468,41 @@ mod tests {
         let figures: Vec<_> = found.iter().map(|r| (r.group.as_str(), r.figure.as_str())).collect();
         assert!(figures.contains(&("GET /v1/transactions?limit=50", "p95 ms")), "{figures:?}");
         assert!(figures.contains(&("all requests", "req/s")), "{figures:?}");
+    }
+
+    #[test]
+    fn the_report_names_every_process_the_cross_check_scraped() {
+        let mut s = summary(10.0, 1000.0);
+        s.crosscheck_endpoints = vec!["http://127.0.0.1:3001/metrics".into(), "http://127.0.0.1:4001/metrics".into()];
+        s.crosscheck = vec![crosscheck::Row {
+            method: "GET".into(),
+            route: "/v1/transactions".into(),
+            client_requests: 1000,
+            server_requests: 1000,
+            client_errors: 0,
+            server_errors: 0,
+            client_p50_ms: 5.0,
+            server_p50_ms: Some(4.0),
+            client_p99_ms: 9.0,
+            server_p99_ms: Some(8.0),
+            flags: Vec::new(),
+        }];
+        s.server_peak_resident_bytes = Some(64 * 1048576);
+        let md = s.markdown();
+        assert!(
+            md.contains(
+                "the sum of 2 processes' `/metrics` (`http://127.0.0.1:3001/metrics`, `http://127.0.0.1:4001/metrics`)"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("peak during the run (the sum of its 2 processes): 64.0 MiB"), "{md}");
+        assert!(
+            s.console().contains("cross-check scraped: http://127.0.0.1:3001/metrics, http://127.0.0.1:4001/metrics")
+        );
+        // A summary.json from before the field existed still loads as a baseline.
+        let mut old = serde_json::to_value(&s).unwrap();
+        old.as_object_mut().unwrap().remove("crosscheck_endpoints");
+        assert!(serde_json::from_value::<Summary>(old).unwrap().crosscheck_endpoints.is_empty());
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! This module picks what a run needs and hands it to the `loadtests`
 //! binary, which does the work (the toolkit never links goose): the target
 //! (the environment's gateway, or its platform port with `--target
-//! platform`), the platform's `/metrics` for the server-side cross-check,
-//! the objectives (`loadtests/slo.toml` for the environment, plus `--slo`),
-//! and a fresh run folder under `target/loadtest/`. The binary exits 2 when
+//! platform`), every `/metrics` of the deployment for the server-side
+//! cross-check, the objectives (the environment's `[loadtest]` table, plus
+//! `--slo`), and a fresh run folder under `target/loadtest/`. The binary exits 2 when
 //! an objective is breached or a baseline regressed, after printing a table
 //! of every breach; this exits non-zero with it.
 //!
@@ -17,17 +17,15 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use serde::Deserialize;
 
-use crate::environment::{self, Kind};
+use crate::docker::Engine;
+use crate::docker::converge::Running;
+use crate::environment::{self, Environment, Kind, Objectives};
 use crate::process;
-
-/// The objectives file, relative to the project root.
-pub const SLO_FILE: &str = "loadtests/slo.toml";
 
 /// Run the goose load test (loadtests/) against a local deployment.
 #[derive(Debug, Args)]
@@ -44,10 +42,13 @@ pub struct Loadtest {
     /// by hand or by a test).
     #[arg(long, value_name = "URL")]
     host: Option<String>,
-    /// The platform's `/metrics` for the cross-check; by default the
-    /// environment's platform port, or HOST's when --host is given.
-    #[arg(long, value_name = "URL")]
-    metrics_url: Option<String>,
+    /// A `/metrics` for the cross-check, repeated for each process of the
+    /// deployment; their counts and histograms are summed. By default every
+    /// process of the environment's deployment that answers (the platform
+    /// port of `deploy`, each replica container of `deploy --containers`),
+    /// or HOST's when --host is given.
+    #[arg(long = "metrics-url", value_name = "URL")]
+    metrics_urls: Vec<String>,
     /// Concurrent virtual users.
     #[arg(long, default_value_t = 16)]
     users: usize,
@@ -70,9 +71,10 @@ pub struct Loadtest {
     /// "p99<25ms for GET /v1/transactions?limit=50"; repeatable.
     #[arg(long = "slo", value_name = "RULE")]
     slos: Vec<String>,
-    /// Ignore the objectives in loadtests/slo.toml; only --slo counts.
+    /// Ignore the environment's objectives (its [loadtest.objectives], or
+    /// [loadtest.smoke] with --smoke); only --slo counts.
     #[arg(long)]
-    no_slo_file: bool,
+    no_env_slo: bool,
     /// An earlier run's folder or summary.json: a regression beyond
     /// --baseline-tolerance fails the run, and goose's reports show deltas.
     #[arg(long, value_name = "FILE")]
@@ -111,53 +113,24 @@ enum Target {
     Platform,
 }
 
-/// One environment's objectives in loadtests/slo.toml.
-#[derive(Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Objectives {
-    error_rate_percent: Option<f64>,
-    min_requests_per_second: Option<f64>,
-    #[serde(default)]
-    latency: BTreeMap<String, Latency>,
-}
-
-#[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-struct Latency {
-    p95: Option<String>,
-    p99: Option<String>,
-}
-
-impl Objectives {
-    /// The objectives as goose threshold rules.
-    pub fn rules(&self) -> Vec<String> {
-        let mut rules = Vec::new();
-        if let Some(rate) = self.error_rate_percent {
-            rules.push(format!("error-rate<={rate}%"));
-        }
-        if let Some(rps) = self.min_requests_per_second {
-            rules.push(format!("rps>={rps}"));
-        }
-        for (request, latency) in &self.latency {
-            let suffix = if request == "all" { String::new() } else { format!(" for {request}") };
-            for (name, bound) in [("p95", &latency.p95), ("p99", &latency.p99)] {
-                if let Some(bound) = bound {
-                    rules.push(format!("{name}<{bound}{suffix}"));
-                }
+/// The objectives as goose threshold rules, in a fixed order.
+pub fn rules(objectives: &Objectives) -> Vec<String> {
+    let mut rules = Vec::new();
+    if let Some(rate) = objectives.error_rate_percent {
+        rules.push(format!("error-rate<={rate}%"));
+    }
+    if let Some(rps) = objectives.min_requests_per_second {
+        rules.push(format!("rps>={rps}"));
+    }
+    for (request, latency) in &objectives.latency {
+        let suffix = if request == "all" { String::new() } else { format!(" for {request}") };
+        for (name, bound) in [("p95", &latency.p95), ("p99", &latency.p99)] {
+            if let Some(bound) = bound {
+                rules.push(format!("{name}<{bound}{suffix}"));
             }
         }
-        rules
     }
-}
-
-/// The objectives for `table` (an environment name or `smoke`), or none when
-/// the file has no such table.
-pub fn objectives(root: &Path, table: &str) -> anyhow::Result<Objectives> {
-    let path = root.join(SLO_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("failed to read {}", path.display()))?;
-    let mut all: BTreeMap<String, Objectives> =
-        toml::from_str(&text).with_context(|| format!("{} is not a valid objectives file", path.display()))?;
-    Ok(all.remove(table).unwrap_or_default())
+    rules
 }
 
 impl Loadtest {
@@ -184,20 +157,22 @@ impl Loadtest {
             (None, Target::Gateway) => gateway_url,
             (None, Target::Platform) => platform_url.clone(),
         };
-        let metrics_url = match (&self.metrics_url, &self.host) {
-            (Some(url), _) => url.clone(),
-            (None, Some(host)) => format!("{}/metrics", host.trim_end_matches('/')),
-            (None, None) => format!("{platform_url}/metrics"),
+        require_loopback(&target)?;
+        let metrics_urls = match (self.metrics_urls.as_slice(), &self.host) {
+            ([], Some(host)) => vec![format!("{}/metrics", host.trim_end_matches('/'))],
+            ([], None) => deployment_metrics(&environment, host)?,
+            (urls, _) => urls.to_vec(),
         };
-        for url in [&target, &metrics_url] {
+        for url in &metrics_urls {
             require_loopback(url)?;
         }
 
-        let mut rules = Vec::new();
-        if !self.no_slo_file {
-            let table = if self.smoke { "smoke" } else { self.env.as_str() };
-            rules = objectives(root, table)?.rules();
-        }
+        let loadtest = &environment.model.loadtest;
+        let mut rules = match (self.no_env_slo, self.smoke) {
+            (true, _) => Vec::new(),
+            (false, true) => rules(&loadtest.smoke),
+            (false, false) => rules(&loadtest.objectives),
+        };
         rules.extend(self.slos.iter().cloned());
 
         let (users, hatch_rate, duration) = if self.smoke {
@@ -234,7 +209,7 @@ impl Loadtest {
                 (Some(url), _) | (None, Some(url)) => url.clone(),
                 (None, None) => bail!("environment `{}` has no postgres.url; pass --database-url", self.env),
             };
-            return self.benchmark(root, &binary, &target, &metrics_url, &database_url);
+            return self.benchmark(root, &binary, &target, &metrics_urls, &database_url);
         }
 
         let label = if self.smoke { "smoke".to_owned() } else { self.label.clone() };
@@ -244,7 +219,7 @@ impl Loadtest {
             think_time: &think_time,
             host: &target,
             setup_host: None,
-            metrics_url: Some(&metrics_url),
+            metrics_urls: &metrics_urls,
             cross_check: true,
             users,
             hatch_rate: &hatch_rate,
@@ -275,7 +250,7 @@ impl Loadtest {
             .args(["--host", run.host, "--users", &run.users.to_string()])
             .args(["--increase-rate", run.hatch_rate, "--run-time", run.duration])
             .args(["--quiet", "--no-print-metrics"]);
-        if let Some(url) = run.metrics_url {
+        for url in run.metrics_urls {
             cmd.args(["--metrics-url", url]);
         }
         if !run.cross_check {
@@ -314,7 +289,7 @@ impl Loadtest {
         root: &Path,
         binary: &Path,
         platform_url: &str,
-        metrics_url: &str,
+        metrics_urls: &[String],
         database_url: &str,
     ) -> anyhow::Result<()> {
         let dir = run_folder(root, "benchmark", &self.label)?;
@@ -359,7 +334,7 @@ impl Loadtest {
                 // Memory is sampled from the platform in every run; the
                 // cross-check runs with the mix, whose figures then cover
                 // set-up too.
-                metrics_url: Some(metrics_url),
+                metrics_urls,
                 cross_check: *scenario == "mix",
                 users,
                 hatch_rate,
@@ -391,7 +366,7 @@ struct Invocation<'a> {
     think_time: &'a str,
     host: &'a str,
     setup_host: Option<&'a str>,
-    metrics_url: Option<&'a str>,
+    metrics_urls: &'a [String],
     cross_check: bool,
     users: usize,
     hatch_rate: &'a str,
@@ -399,6 +374,74 @@ struct Invocation<'a> {
     rules: &'a [String],
     out: &'a Path,
     label: String,
+}
+
+/// Every process of `environment`'s deployment that answers `/metrics`, for
+/// the cross-check: the platform port (`cargo xtask deploy` runs one
+/// process there) and each running replica container of the environment's
+/// project (`deploy --containers` runs one per replica, on the port its
+/// labels name). Nothing that is not running is scraped, and idle
+/// processes add nothing to the run's counts, so both kinds are looked for
+/// and whichever answers counts. Candidates that do not answer are named in
+/// a note; none answering is an error.
+fn deployment_metrics(environment: &Environment, host: IpAddr) -> anyhow::Result<Vec<String>> {
+    let mut candidates: Vec<(u16, String)> = Vec::new();
+    if let Some(port) = environment.model.platform.port {
+        candidates.push((port, "`freedumb serve` on platform.port".to_owned()));
+    }
+    let project = crate::docker::deploy::project(environment);
+    let mut notes = Vec::new();
+    // Only a running engine can have containers: without one, the platform
+    // port is the deployment.
+    let labels = BTreeMap::from([(crate::docker::LABEL_PROJECT, project.as_str())]);
+    match Engine::connect().and_then(|engine| engine.containers(&labels)) {
+        Ok(containers) => {
+            for replica in containers.iter().filter_map(Running::from_summary).filter(|r| r.running) {
+                let what = format!("{} replica {}, container {}", replica.service, replica.replica, replica.name);
+                candidates.push((replica.port, what));
+            }
+        }
+        Err(_) => notes.push(format!("replica containers of {project}: the Docker engine does not answer")),
+    }
+    candidates.sort();
+    candidates.dedup_by_key(|(port, _)| *port);
+
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
+    let mut answering = Vec::new();
+    let mut silent = Vec::new();
+    for (port, what) in candidates {
+        let url = format!("{}/metrics", base_url(host, port));
+        match agent.get(&url).call() {
+            Ok(_) => answering.push((url, what)),
+            Err(err) => silent.push(format!("{url} ({what}): {}", short_error(&err))),
+        }
+    }
+    if answering.is_empty() {
+        bail!(
+            "no process of environment `{}` answers /metrics ({}); deploy it first (`cargo xtask deploy --env {}`, \
+             with or without --containers), or name each process with --metrics-url",
+            environment.name,
+            silent.join("; "),
+            environment.name
+        );
+    }
+    eprintln!(
+        "==> cross-check: /metrics of {} process{}: {}",
+        answering.len(),
+        if answering.len() == 1 { "" } else { "es" },
+        answering.iter().map(|(url, what)| format!("{url} ({what})")).collect::<Vec<_>>().join(", ")
+    );
+    for note in notes.iter().chain(&silent) {
+        eprintln!("    not scraped: {note}");
+    }
+    Ok(answering.into_iter().map(|(url, _)| url).collect())
+}
+
+fn short_error(err: &ureq::Error) -> String {
+    match err {
+        ureq::Error::Status(code, _) => format!("answered {code}"),
+        ureq::Error::Transport(transport) => transport.kind().to_string(),
+    }
 }
 
 /// A process's peak resident set (VmHWM), from /proc.
@@ -540,14 +583,19 @@ mod tests {
     use crate::environment::vars;
 
     #[test]
-    fn the_objectives_file_parses_into_goose_rules() {
-        let root = crate::project_root();
-        let local = objectives(&root, "local").unwrap().rules();
-        assert!(local.contains(&"error-rate<=1%".to_owned()), "{local:?}");
-        assert!(local.contains(&"p99<250ms for GET /v1/transactions?limit=50".to_owned()), "{local:?}");
-        assert!(local.contains(&"p95<250ms".to_owned()), "`all` judges every request: {local:?}");
-        assert_eq!(objectives(&root, "smoke").unwrap().rules(), ["error-rate<=0%"]);
-        assert_eq!(objectives(&root, "no-such-environment").unwrap(), Objectives::default());
+    fn the_environments_objectives_become_goose_rules() {
+        let local = environment::load(&crate::project_root(), "local").unwrap();
+        let rules = rules(&local.model.loadtest.objectives);
+        assert!(rules.contains(&"error-rate<=1%".to_owned()), "{rules:?}");
+        assert!(rules.contains(&"rps>=10".to_owned()), "{rules:?}");
+        assert!(rules.contains(&"p99<250ms for GET /v1/transactions?limit=50".to_owned()), "{rules:?}");
+        assert!(rules.contains(&"p95<250ms".to_owned()), "`all` judges every request: {rules:?}");
+        assert!(rules.contains(&"p99<800ms for POST /v1/auth/login".to_owned()), "{rules:?}");
+        // --smoke's objective comes from base.toml, whatever the environment.
+        assert_eq!(super::rules(&local.model.loadtest.smoke), ["error-rate<=0%"]);
+        let test = environment::load(&crate::project_root(), "test").unwrap();
+        assert_eq!(super::rules(&test.model.loadtest.smoke), ["error-rate<=0%"]);
+        assert_eq!(test.model.loadtest.objectives, Objectives::default());
     }
 
     #[test]
@@ -569,6 +617,43 @@ mod tests {
 
     fn free_port() -> u16 {
         TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// A process that answers every request with an empty 200, as many
+    /// times as asked, on a port of its own.
+    fn answering(times: usize) -> u16 {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(times) {
+                let mut stream = stream.unwrap();
+                let _ = stream.read(&mut [0; 1024]);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn the_cross_check_scrapes_the_deployments_processes_that_answer() {
+        let mut local = environment::load(&crate::project_root(), "local").unwrap();
+        // A project of its own, so that no container of a real deployment
+        // on this machine's engine joins in.
+        local.name = format!("loadtest-unit-{}", std::process::id());
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+        // `cargo xtask deploy`: one process on the platform port.
+        let port = answering(1);
+        local.model.platform.port = Some(port);
+        let urls = deployment_metrics(&local, loopback).unwrap();
+        assert_eq!(urls, [format!("http://127.0.0.1:{port}/metrics")]);
+
+        // Nothing deployed: an error that says what to do.
+        local.model.platform.port = Some(free_port());
+        let err = deployment_metrics(&local, loopback).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("no process of environment `{}` answers /metrics", local.name)), "{err}");
+        assert!(err.contains(&format!("cargo xtask deploy --env {}", local.name)), "{err}");
     }
 
     /// A `freedumb serve all` of the test's own, on its own database, Redis
@@ -666,14 +751,14 @@ mod tests {
             env: "local".into(),
             target: Target::Platform,
             host: Some(platform.url.clone()),
-            metrics_url: None,
+            metrics_urls: Vec::new(),
             users: 0,
             hatch_rate: String::new(),
             duration: String::new(),
             scenario: "mix".into(),
             think_time: None,
             slos: Vec::new(),
-            no_slo_file: false,
+            no_env_slo: false,
             baseline: None,
             baseline_tolerance: 10.0,
             crosscheck_tolerance: 1.0,

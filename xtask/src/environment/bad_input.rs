@@ -205,3 +205,57 @@ fn an_unknown_environment_lists_the_known_ones() {
     assert!(err.starts_with("there is no environment `qa`"), "{err}");
     assert!(err.ends_with("environments are: dev, local, prod, staging, test"), "{err}");
 }
+
+#[test]
+fn a_load_test_bound_without_a_unit_names_the_file_line_and_key() {
+    let edit = replace(
+        "latency.\"GET /v1/budgets\" = { p95 = \"100ms\", p99 = \"250ms\" }",
+        "latency.\"GET /v1/budgets\" = { p95 = \"100\", p99 = \"250ms\" }",
+    );
+    let err = error("local", &edit);
+    assert_eq!(err.position.file, Path::new("environments/local.toml"));
+    assert_eq!(err.position.line, line_of("local", &edit, "p95 = \"100\""));
+    assert_eq!(err.key.as_deref(), Some("loadtest.objectives.latency.GET /v1/budgets.p95"));
+    assert!(err.message.starts_with("invalid response time `100`: expected a number with a unit"), "{err}");
+}
+
+#[test]
+fn a_p95_bound_above_the_p99_bound_is_refused() {
+    let edit = replace(
+        "latency.\"POST /v1/transactions\" = { p95 = \"150ms\", p99 = \"300ms\" }",
+        "latency.\"POST /v1/transactions\" = { p95 = \"1s\", p99 = \"300ms\" }",
+    );
+    let err = error("local", &edit);
+    assert_eq!(err.position.line, line_of("local", &edit, "p95 = \"1s\""));
+    assert_eq!(err.key.as_deref(), Some("loadtest.objectives.latency.POST /v1/transactions.p95"));
+    assert!(err.message.starts_with("the p95 bound (1s) is above the p99 bound (300ms)"), "{err}");
+}
+
+#[test]
+fn negative_load_test_rates_are_refused() {
+    let edit = replace("min_requests_per_second = 10.0", "min_requests_per_second = -5.0");
+    let err = error("local", &edit);
+    assert_eq!(err.position.line, line_of("local", &edit, "= -5.0"));
+    assert_eq!(err.key.as_deref(), Some("loadtest.objectives.min_requests_per_second"));
+    assert!(err.message.starts_with("-5 requests per second can never be the minimum"), "{err}");
+
+    // The smoke objective is inherited from base.toml; an override in the
+    // environment's own file is where the error points.
+    let err = error("test", append("[loadtest.smoke]\nerror_rate_percent = -1.0\n"));
+    assert_eq!(err.position.file, Path::new("environments/test.toml"));
+    assert_eq!(err.key.as_deref(), Some("loadtest.smoke.error_rate_percent"));
+    assert_eq!(err.message, "-1 is not a percentage (0 to 100)");
+}
+
+#[test]
+fn a_misspelt_objective_or_request_group_is_named() {
+    let err = error("local", replace("error_rate_percent = 1.0", "error_rate_pecent = 1.0"));
+    assert_eq!(err.key.as_deref(), Some("loadtest.objectives.error_rate_pecent"));
+    assert!(err.message.ends_with("did you mean `error_rate_percent`?"), "{err}");
+
+    let edit = replace("latency.\"GET /v1/budgets\"", "latency.\"GET/v1/budgets\"");
+    let err = error("local", &edit);
+    assert_eq!(err.key.as_deref(), Some("loadtest.objectives.latency.GET/v1/budgets"));
+    assert_eq!(err.position.line, line_of("local", &edit, "GET/v1/budgets"));
+    assert!(err.message.contains("is not a request group"), "{err}");
+}

@@ -27,6 +27,8 @@ pub struct Model {
     pub secrets: Secrets,
     pub kubernetes: Option<Kubernetes>,
     pub compose: Option<Compose>,
+    #[serde(default)]
+    pub loadtest: Loadtest,
 }
 
 /// How an environment runs, which decides what `render` writes.
@@ -281,6 +283,91 @@ pub struct Compose {
     pub gateway_address: IpAddr,
 }
 
+/// What `cargo xtask loadtest --env NAME` judges a run by: its service
+/// level objectives. `--slo RULE` adds to them, `--no-env-slo` ignores them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Loadtest {
+    /// A run of the journeys against this environment's deployment.
+    #[serde(default)]
+    pub objectives: Objectives,
+    /// `--smoke`, the CI gate: a short low-rate run, usually zero errors.
+    #[serde(default)]
+    pub smoke: Objectives,
+}
+
+/// Service level objectives; each one present becomes one goose threshold.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Objectives {
+    /// Failed requests over all requests, in percent, at most.
+    pub error_rate_percent: Option<f64>,
+    /// All requests per second over the run, at least.
+    pub min_requests_per_second: Option<f64>,
+    /// Latency bounds per request group, named as goose's reports name it
+    /// (`GET /v1/transactions?limit=50`), or `all` for every request.
+    #[serde(default)]
+    pub latency: BTreeMap<String, Latency>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Latency {
+    pub p95: Option<ResponseTime>,
+    pub p99: Option<ResponseTime>,
+}
+
+/// A response time in microseconds, written with a unit as goose's
+/// thresholds take it: `250ms`, `1.5s`, `800us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ResponseTime(pub u64);
+
+impl TryFrom<String> for ResponseTime {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let expected =
+            || format!("invalid response time `{text}`: expected a number with a unit, us, ms or s, such as \"250ms\"");
+        let (number, micros_per_unit) = if let Some(number) = text.strip_suffix("us") {
+            (number, 1.0)
+        } else if let Some(number) = text.strip_suffix("ms") {
+            (number, 1_000.0)
+        } else if let Some(number) = text.strip_suffix('s') {
+            (number, 1_000_000.0)
+        } else {
+            return Err(expected());
+        };
+        // Digits with at most one decimal point: no sign, exponent, NaN or
+        // inner space, which goose would refuse at the start of a run.
+        let plain = !number.is_empty()
+            && number.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && number.matches('.').count() <= 1
+            && number.chars().any(|c| c.is_ascii_digit());
+        if !plain {
+            return Err(expected());
+        }
+        let micros = number.parse::<f64>().map_err(|_| expected())? * micros_per_unit;
+        if micros.fract() != 0.0 || micros > 3_600_000_000.0 {
+            return Err(format!("invalid response time `{text}`: whole microseconds up to an hour"));
+        }
+        if micros < 1.0 {
+            return Err(format!("invalid response time `{text}`: a bound of zero can never be met"));
+        }
+        Ok(ResponseTime(micros as u64))
+    }
+}
+
+impl fmt::Display for ResponseTime {
+    /// The largest unit that shows it whole: `250ms`, `2s`, `1500ms`, `800us`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            us if us.is_multiple_of(1_000_000) => write!(f, "{}s", us / 1_000_000),
+            us if us.is_multiple_of(1_000) => write!(f, "{}ms", us / 1_000),
+            us => write!(f, "{us}us"),
+        }
+    }
+}
+
 /// A CPU quantity in millicores, written as Kubernetes does: `250m`, `2`,
 /// `0.5`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -396,6 +483,23 @@ mod tests {
         assert_eq!((memory.kubernetes(), memory.compose()), ("512Mi".to_owned(), "512M".to_owned()));
         for bad in ["512", "512M", "0Mi", "1.5Gi", "Mi"] {
             assert!(Memory::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn response_times_parse_with_a_unit_and_print_in_the_largest_whole_one() {
+        for (text, micros, shown) in [
+            ("250ms", 250_000, "250ms"),
+            ("1.5s", 1_500_000, "1500ms"),
+            ("2s", 2_000_000, "2s"),
+            ("800us", 800, "800us"),
+            ("0.5ms", 500, "500us"),
+        ] {
+            let time = ResponseTime::try_from(text.to_owned()).unwrap();
+            assert_eq!((time.0, time.to_string().as_str()), (micros, shown), "{text}");
+        }
+        for bad in ["250", "ms", "-5ms", "0ms", "1e3ms", "5 ms", "1.2.3s", "0.5us", "NaNms", "2h"] {
+            assert!(ResponseTime::try_from(bad.to_owned()).is_err(), "{bad}");
         }
     }
 }

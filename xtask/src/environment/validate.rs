@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::targets::Targets;
 use super::vars::{self, Which};
-use super::{Environment, Error, Kind, SecretSource, Workload};
+use super::{Environment, Error, Kind, Objectives, SecretSource, Workload};
 
 type Result = std::result::Result<(), Error>;
 
@@ -44,6 +44,7 @@ pub fn validate(env: &Environment, targets: &Targets) -> Result {
     secrets(env)?;
     backings(env)?;
     gateway(env)?;
+    loadtest(env)?;
     Ok(())
 }
 
@@ -451,4 +452,70 @@ fn gateway(env: &Environment) -> Result {
         return Err(env.error_at(&key(&["kubernetes", "cluster_issuer"]), "TLS needs a cert-manager issuer"));
     }
     Ok(())
+}
+
+/// The load test's objectives: numbers that can be met, request groups
+/// named as goose names them, and p95 bounds that can matter.
+fn loadtest(env: &Environment) -> Result {
+    let tables = [("objectives", &env.model.loadtest.objectives), ("smoke", &env.model.loadtest.smoke)];
+    for (table, objectives) in tables {
+        let Objectives { error_rate_percent, min_requests_per_second, latency } = objectives;
+        let at = |rest: &[&str]| {
+            let mut path = key(&["loadtest", table]);
+            path.extend(rest.iter().map(|&part| part.to_owned()));
+            path
+        };
+        if let Some(rate) = *error_rate_percent
+            && !(0.0..=100.0).contains(&rate)
+        {
+            return Err(env.error_at(&at(&["error_rate_percent"]), format!("{rate} is not a percentage (0 to 100)")));
+        }
+        if let Some(rps) = *min_requests_per_second
+            && !(rps.is_finite() && rps > 0.0)
+        {
+            return Err(env.error_at(
+                &at(&["min_requests_per_second"]),
+                format!("{rps} requests per second can never be the minimum; give a positive rate or leave it out"),
+            ));
+        }
+        for (group, bounds) in latency {
+            if !is_request_group(group) {
+                return Err(env.error_at(
+                    &at(&["latency", group]),
+                    format!(
+                        "`{group}` is not a request group: write `all` or `METHOD /path` as the load test's \
+                         reports name it, such as `GET /v1/transactions?limit=50`"
+                    ),
+                ));
+            }
+            match (bounds.p95, bounds.p99) {
+                (None, None) => {
+                    return Err(env.error_at(&at(&["latency", group]), "no bound: give p95, p99 or both"));
+                }
+                (Some(p95), Some(p99)) if p95 > p99 => {
+                    return Err(env.error_at(
+                        &at(&["latency", group, "p95"]),
+                        format!(
+                            "the p95 bound ({p95}) is above the p99 bound ({p99}); a 95th percentile is never \
+                             above the 99th, so it could never be the one to fail"
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `all`, or an upper-case method, one space and a path: `GET /v1/budgets`.
+fn is_request_group(name: &str) -> bool {
+    if name == "all" {
+        return true;
+    }
+    let Some((method, path)) = name.split_once(' ') else { return false };
+    !method.is_empty()
+        && method.chars().all(|c| c.is_ascii_uppercase())
+        && path.starts_with('/')
+        && !path.chars().any(char::is_whitespace)
 }
