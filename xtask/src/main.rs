@@ -17,6 +17,7 @@ mod environment;
 mod loadtest;
 mod policy;
 mod process;
+mod progress;
 mod render;
 mod secrets;
 mod test;

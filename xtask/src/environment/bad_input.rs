@@ -203,7 +203,7 @@ fn a_missing_key_is_named_with_the_table_that_lacks_it() {
 fn an_unknown_environment_lists_the_known_ones() {
     let err = load(&root(), "qa").unwrap_err().to_string();
     assert!(err.starts_with("there is no environment `qa`"), "{err}");
-    assert!(err.ends_with("environments are: dev, local, prod, staging, test"), "{err}");
+    assert!(err.ends_with("environments are: dev, local, prod, staging, test, test-infra"), "{err}");
 }
 
 #[test]
@@ -258,4 +258,38 @@ fn a_misspelt_objective_or_request_group_is_named() {
     assert_eq!(err.key.as_deref(), Some("loadtest.objectives.latency.GET/v1/budgets"));
     assert_eq!(err.position.line, line_of("local", &edit, "GET/v1/budgets"));
     assert!(err.message.contains("is not a request group"), "{err}");
+}
+
+#[test]
+fn a_backing_service_is_either_external_or_a_container_not_both() {
+    let edit = replace("[redis]\n", "[redis]\nurl = \"redis://127.0.0.1:16379\"\n");
+    let err = error("test-infra", &edit);
+    assert_eq!(err.key.as_deref(), Some("redis.image"));
+    assert_eq!(err.position.file, Path::new("environments/test-infra.toml"));
+    assert_eq!(err.position.line, line_of("test-infra", &edit, "image = \"freedumb-test-redis"));
+    assert!(err.message.contains("either external, named by `url`, or a container of `image`"), "{err}");
+}
+
+#[test]
+fn a_kubernetes_environment_runs_no_infrastructure_containers() {
+    let err = error("prod", replace("[redis]\n", "[redis]\nimage = \"redis:7-alpine\"\n"));
+    assert_eq!(err.key.as_deref(), Some("redis.image"));
+    assert!(err.message.contains("is external (a managed service"), "{err}");
+}
+
+#[test]
+fn a_container_on_the_host_network_listens_on_a_loopback_address() {
+    let err = error("test-infra", replace("host = \"127.0.0.1\"\nport = 16379", "host = \"redis\"\nport = 16379"));
+    assert_eq!(err.key.as_deref(), Some("redis.host"));
+    assert!(err.message.contains("a loopback address such as 127.0.0.1"), "{err}");
+}
+
+#[test]
+fn max_memory_is_for_a_redis_container_only() {
+    let err = error("local", replace("[redis]\n", "[redis]\nmax_memory_mb = 64\n"));
+    assert_eq!(err.key.as_deref(), Some("redis.max_memory_mb"));
+    assert!(err.message.contains("external"), "{err}");
+    let err = error("dev", replace("[postgres]\n", "[postgres]\nmax_memory_mb = 64\n"));
+    assert_eq!(err.key.as_deref(), Some("postgres.max_memory_mb"));
+    assert!(err.message.contains("not Redis"), "{err}");
 }

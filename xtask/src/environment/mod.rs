@@ -221,18 +221,44 @@ impl Environment {
         self.services().chain(self.workers()).any(|(_, w)| w.uses.contains(&what))
     }
 
+    /// The backing services the deployed workloads need, in the order they
+    /// are checked and started: Postgres and Redis always, RabbitMQ when a
+    /// workload uses it (local deploys check it even before one does, as
+    /// they always have: the local machine is meant to have it), MongoDB
+    /// when a workload uses it.
+    pub fn used_backings(&self) -> Vec<vars::Which> {
+        use vars::Which;
+        let mut used = vec![Which::Postgres, Which::Redis];
+        if self.uses(Uses::Rabbitmq) || self.model.kind == Kind::Local {
+            used.push(Which::Rabbitmq);
+        }
+        if self.uses(Uses::Mongodb) {
+            used.push(Which::Mongodb);
+        }
+        used
+    }
+
     /// The backing services every deployed workload needs, with addresses,
     /// in the order they are checked: Postgres and Redis always, RabbitMQ
-    /// and MongoDB when a workload uses them.
+    /// when a workload uses it.
     pub fn backing_services(&self) -> Result<Vec<(&'static backing::Backing, Address)>, String> {
-        let mut list = vec![(&backing::POSTGRES, &self.model.postgres), (&backing::REDIS, &self.model.redis)];
-        if self.uses(Uses::Rabbitmq) || self.model.kind == Kind::Local {
-            // Local deploys check RabbitMQ even before a service uses it, as
-            // they always have: the local machine is meant to have it.
-            list.push((&backing::RABBITMQ, &self.model.rabbitmq));
-        }
-        list.into_iter()
-            .map(|(kind, model)| {
+        self.addresses(self.used_backings().into_iter().filter(|which| *which != vars::Which::Mongodb))
+    }
+
+    /// Those of `backing_services` that are external: the ones a deploy
+    /// checks instead of running them as containers (which have an `image`).
+    pub fn external_backing_services(&self) -> Result<Vec<(&'static backing::Backing, Address)>, String> {
+        let external = |which: &vars::Which| which.model(self).image.is_none() && *which != vars::Which::Mongodb;
+        self.addresses(self.used_backings().into_iter().filter(external))
+    }
+
+    fn addresses(
+        &self,
+        which: impl Iterator<Item = vars::Which>,
+    ) -> Result<Vec<(&'static backing::Backing, Address)>, String> {
+        which
+            .map(|which| {
+                let (kind, model) = (which.kind(), which.model(self));
                 let url = model.url.clone().unwrap_or_else(|| vars::backing_url(kind, model, vars::Flavor::Plain));
                 Ok((kind, kind.address(&url)?))
             })

@@ -133,6 +133,10 @@ fn default_zone_size() -> u32 {
 /// Postgres, Redis, RabbitMQ or MongoDB: either a verbatim `url` (local
 /// only: it may hold a password), or its parts, with the password taken
 /// from the secret named by `password_secret`.
+///
+/// With an `image` it is a container that `deploy --containers` runs (and
+/// the compose file renders); without one it is external, and a deploy
+/// only checks that it answers. `url` and `image` exclude each other.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backing {
@@ -142,11 +146,12 @@ pub struct Backing {
     pub database: Option<String>,
     pub user: Option<String>,
     pub password_secret: Option<String>,
-    /// Compose: run it as a container of this image.
+    /// Run it as a container of this image (compose, or a local
+    /// environment's container deployment on the host's network).
     pub image: Option<String>,
     /// Kubernetes: the network it lives in, for the egress NetworkPolicy.
     pub cidr: Option<String>,
-    /// Redis in compose: `--maxmemory` in MiB (evicting least recently used keys).
+    /// A Redis container's `--maxmemory` in MiB (evicting least recently used keys).
     pub max_memory_mb: Option<u32>,
 }
 

@@ -392,8 +392,10 @@ fn backings(env: &Environment) -> Result {
                 ));
             }
             which.kind().address(url).map_err(|message| env.error_at(&at("url"), message))?;
+            container(env, which)?;
             continue;
         }
+        container(env, which)?;
         if !used.contains(&which) {
             continue;
         }
@@ -415,6 +417,61 @@ fn backings(env: &Environment) -> Result {
         }
     }
     Ok(())
+}
+
+/// A backing service with an `image` is a container the deploy runs (and
+/// compose renders); without one it is external. Settings that only a
+/// container takes, or that contradict it, are refused where they are.
+fn container(env: &Environment, which: Which) -> Result {
+    let model = which.model(env);
+    let at = |field: &str| key(&[which.key(), field]);
+    let name = which.kind().name;
+    if model.max_memory_mb.is_some() && (which != Which::Redis || model.image.is_none()) {
+        return Err(env.error_at(
+            &at("max_memory_mb"),
+            format!(
+                "only a Redis container takes max_memory_mb (redis-server --maxmemory); {name} here is {}",
+                if model.image.is_none() { "external: set its memory where it runs" } else { "not Redis" }
+            ),
+        ));
+    }
+    if model.image.is_none() {
+        return Ok(());
+    }
+    if model.url.is_some() {
+        return Err(env.error_at(
+            &at("image"),
+            format!(
+                "{name} is either external, named by `url`, or a container of `image` that the deploy runs, not \
+                 both: remove one of them"
+            ),
+        ));
+    }
+    match env.model.kind {
+        Kind::Kubernetes => Err(env.error_at(
+            &at("image"),
+            format!(
+                "a kubernetes environment's {name} is external (a managed service, reached through `cidr`): \
+                 remove `image`"
+            ),
+        )),
+        // On the host's network the container listens on `host` itself.
+        Kind::Local => match model.host.as_deref().map(str::parse::<std::net::IpAddr>) {
+            Some(Ok(address)) if address.is_loopback() => Ok(()),
+            Some(_) => Err(env.error_at(
+                &at("host"),
+                format!(
+                    "a {name} container of a local environment runs on this machine's network and listens on \
+                     `host`: a loopback address such as 127.0.0.1"
+                ),
+            )),
+            None => Err(env.error_at(
+                &at("host"),
+                format!("missing: the loopback address the {name} container listens on, such as 127.0.0.1"),
+            )),
+        },
+        Kind::Compose => Ok(()),
+    }
 }
 
 fn gateway(env: &Environment) -> Result {

@@ -231,6 +231,24 @@ pub fn url(environment: &Environment, which: Which, flavor: Flavor, secrets: &dy
     }
 }
 
+/// The literal URL of a backing service at 127.0.0.1 and its port: where a
+/// process on the host's network reaches a container published there.
+pub fn url_on_loopback(environment: &Environment, which: Which, secrets: &dyn Fn(&str) -> String) -> String {
+    let model = which.model(environment);
+    let on_loopback = Backing {
+        url: None,
+        host: Some("127.0.0.1".to_owned()),
+        port: model.port,
+        database: model.database.clone(),
+        user: model.user.clone(),
+        password_secret: model.password_secret.clone(),
+        image: None,
+        cidr: None,
+        max_memory_mb: None,
+    };
+    backing_url_with(which.kind(), &on_loopback, &|name| secrets(name))
+}
+
 /// The URL built from a backing service's parts, its password written as
 /// `flavor` says.
 pub fn backing_url(kind: &BackingKind, model: &Backing, flavor: Flavor) -> String {

@@ -70,7 +70,7 @@ fn golden_files_match_a_fresh_render_of_every_environment() {
     let root = root();
     let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|value| value == "1");
     let names = environment::names(&root).unwrap();
-    assert_eq!(names, ["dev", "local", "prod", "staging", "test"]);
+    assert_eq!(names, ["dev", "local", "prod", "staging", "test", "test-infra"]);
     let mut stale = Vec::new();
     for name in &names {
         let files = render(&root, &committed(name), Upstreams::Deployed).unwrap();
