@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::build::Output;
-use crate::docker::{self, Engine, LABEL_PROJECT, LABEL_SERVICE};
+use crate::docker::{self, Engine, LABEL_PROJECT, LABEL_SERVICE, infra};
 use crate::environment;
 
 /// Which deployment: the environment's compose project, or one named.
@@ -60,12 +60,12 @@ pub struct Logs {
     tail: Option<usize>,
 }
 
-/// Stop and remove every container of a deployment.
+/// Stop and remove every container of a deployment, and its network.
 #[derive(Debug, Args)]
 pub struct Down {
     #[command(flatten)]
     target: Target,
-    /// Remove the deployment's anonymous volumes too.
+    /// Remove the deployment's volumes too (the infrastructure's data).
     #[arg(long)]
     volumes: bool,
 }
@@ -137,10 +137,16 @@ impl Down {
         let project = self.target.project(root)?;
         let engine = Engine::connect()?;
         let removed = down(&engine, &project, self.volumes)?;
+        let labels = BTreeMap::from([(LABEL_PROJECT.to_owned(), project.clone())]);
+        // What `down` left: the volumes unless --volumes, to say so.
+        let kept = engine.volumes(&labels)?;
         if removed.is_empty() {
             println!("no container of project `{project}`: nothing to do");
         } else {
             println!("removed {} containers of project `{project}`: {}", removed.len(), removed.join(", "));
+        }
+        if !kept.is_empty() {
+            println!("kept its volumes (`down --volumes` removes them): {}", kept.join(", "));
         }
         Ok(())
     }
@@ -170,23 +176,38 @@ pub fn status(engine: &Engine, project: &str) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Stops every container of `project` (gateway first, so that no new
-/// request reaches a stopping service; each with its grace period), then
-/// removes them. Returns the names removed.
+/// Stops every container of `project` (the gateway first, so that no new
+/// request reaches a stopping service; the infrastructure last, once
+/// nothing uses it; each with its grace period) and removes them, then the
+/// project's network, and with `volumes` its volumes (the infrastructure's
+/// data). Returns the names of the containers removed.
 pub fn down(engine: &Engine, project: &str, volumes: bool) -> anyhow::Result<Vec<String>> {
-    let mut names: Vec<(bool, String)> = engine
+    let mut names: Vec<(u8, String)> = engine
         .containers(&BTreeMap::from([(LABEL_PROJECT, project)]))?
         .iter()
         .map(|c| {
-            let gateway = c.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE)).is_some_and(|s| s == "gateway");
-            (!gateway, docker::container_name(c))
+            let label = |key: &str| c.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str);
+            let rank = match (label(LABEL_SERVICE), label(infra::LABEL_ROLE)) {
+                (Some("gateway"), _) => 0,
+                (_, Some(infra::ROLE_INFRA)) => 2,
+                _ => 1,
+            };
+            (rank, docker::container_name(c))
         })
         .collect();
     names.sort();
     for (_, name) in &names {
         engine.stop(name, STOP_TIMEOUT_SECS)?;
-        // Only anonymous volumes so far: the toolkit creates no named ones.
         engine.remove(name, volumes)?;
+    }
+    let labels = BTreeMap::from([(LABEL_PROJECT.to_owned(), project.to_owned())]);
+    for network in engine.networks(&labels)? {
+        engine.remove_network(&network)?;
+    }
+    if volumes {
+        for volume in engine.volumes(&labels)? {
+            engine.remove_volume(&volume)?;
+        }
     }
     Ok(names.into_iter().map(|(_, name)| name).collect())
 }

@@ -32,13 +32,25 @@ pub enum Program {
     /// configuration with), for the gateway: its configuration is mounted
     /// at `GATEWAY_CONF_DIR/conf/`, its pid and temporary files go to /tmp.
     Gateway,
+    /// This machine's `redis-server`, with `redis-cli` (the health check)
+    /// and a shell (`sh -c`, which passes the password from the
+    /// environment): what the end-to-end test runs as a Redis container,
+    /// since no registry's `redis:` image can be pulled here. Its data
+    /// directory, `/data`, belongs to the unprivileged user.
+    Redis,
 }
+
+/// Where `redis-server` and `redis-cli` live in the Redis image (on the
+/// engine's default PATH).
+pub const REDIS_DIR: &str = "/usr/local/bin";
 
 /// What goes into the image, before it is packed.
 #[derive(Debug)]
 pub struct Offline {
     pub program: Program,
     pub binary: PathBuf,
+    /// Other programs the image holds: path in the image → file here.
+    pub extras: BTreeMap<String, PathBuf>,
     /// Path in the image → file on this machine. `ldd` names the path the
     /// loader will look for; the content is read through any symlink.
     pub libraries: BTreeMap<String, PathBuf>,
@@ -60,22 +72,29 @@ impl Offline {
         uid: u32,
         labels: BTreeMap<String, String>,
     ) -> anyhow::Result<Self> {
-        let output = Command::new("ldd")
-            .arg(binary)
-            .output()
-            .with_context(|| format!("failed to run `ldd {}` (Debian's libc-bin has it)", binary.display()))?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        // A static binary makes ldd exit 1 with "not a dynamic executable".
-        let libraries = if !output.status.success() && !stdout.contains("=>") {
-            BTreeMap::new()
-        } else {
-            linked_libraries(&stdout).with_context(|| format!("`ldd {}`", binary.display()))?
+        let extras = match program {
+            Program::Redis => {
+                let cli = binary.with_file_name("redis-cli");
+                if !cli.is_file() {
+                    bail!("{} is missing; Debian's redis-tools has it", cli.display());
+                }
+                BTreeMap::from([
+                    (format!("{REDIS_DIR}/redis-cli"), cli),
+                    // Read through the symlink: Debian's /bin/sh is dash.
+                    ("/bin/sh".to_owned(), PathBuf::from("/bin/sh")),
+                ])
+            }
+            Program::Freedumb | Program::Gateway => BTreeMap::new(),
         };
+        let mut libraries = libraries_of(binary)?;
+        for extra in extras.values() {
+            libraries.extend(libraries_of(extra)?);
+        }
         let ca_certificates = PathBuf::from(CA_CERTIFICATES);
         if !ca_certificates.is_file() {
             bail!("{CA_CERTIFICATES} is missing; install Debian's ca-certificates package");
         }
-        Ok(Offline { program, binary: binary.to_owned(), libraries, ca_certificates, uid, labels })
+        Ok(Offline { program, binary: binary.to_owned(), extras, libraries, ca_certificates, uid, labels })
     }
 
     /// The Dockerfile: everything is already laid out under `rootfs/`.
@@ -104,6 +123,11 @@ impl Offline {
             Program::Gateway => text.push_str(&format!(
                 "STOPSIGNAL SIGQUIT\n\
                  ENTRYPOINT [\"{NGINX_PATH}\", \"-p\", \"/tmp/\", \"-e\", \"stderr\", \"-c\", \"{GATEWAY_CONF_DIR}/conf/nginx.conf\", \"-g\", \"daemon off;\"]\n"
+            )),
+            // COPY sets root as the owner; the data directory must be the
+            // user's, and a new named volume takes it over (owner included).
+            Program::Redis => text.push_str(&format!(
+                "COPY --chown={uid}:{uid} data/ /data/\nWORKDIR /data\nEXPOSE 6379\nCMD [\"redis-server\"]\n"
             )),
         }
         text
@@ -139,10 +163,14 @@ impl Offline {
         add("Dockerfile", 0o644, self.dockerfile().as_bytes())?;
         let read = |path: &Path| fs::read(path).with_context(|| format!("failed to read {}", path.display()));
         let in_image = match self.program {
-            Program::Freedumb => BINARY_PATH,
-            Program::Gateway => NGINX_PATH,
+            Program::Freedumb => BINARY_PATH.to_owned(),
+            Program::Gateway => NGINX_PATH.to_owned(),
+            Program::Redis => format!("{REDIS_DIR}/redis-server"),
         };
         add(&format!("rootfs{in_image}"), 0o755, &read(&self.binary)?)?;
+        for (in_image, on_host) in &self.extras {
+            add(&format!("rootfs{in_image}"), 0o755, &read(on_host)?)?;
+        }
         for (in_image, on_host) in &self.libraries {
             add(&format!("rootfs{in_image}"), 0o755, &read(on_host)?)?;
         }
@@ -150,8 +178,32 @@ impl Offline {
         let (passwd, group) = self.passwd();
         add("rootfs/etc/passwd", 0o644, passwd.as_bytes())?;
         add("rootfs/etc/group", 0o644, group.as_bytes())?;
+        if self.program == Program::Redis {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(0);
+            header.set_mode(0o755);
+            header.set_mtime(0);
+            header.set_entry_type(tar::EntryType::Directory);
+            archive
+                .append_data(&mut header, "data/", std::io::empty())
+                .context("failed to add data/ to the context")?;
+        }
         archive.into_inner().context("failed to finish the build context")
     }
+}
+
+/// The shared libraries `program` links, as `ldd` resolves them here.
+fn libraries_of(program: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let output = Command::new("ldd")
+        .arg(program)
+        .output()
+        .with_context(|| format!("failed to run `ldd {}` (Debian's libc-bin has it)", program.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // A static binary makes ldd exit 1 with "not a dynamic executable".
+    if !output.status.success() && !stdout.contains("=>") {
+        return Ok(BTreeMap::new());
+    }
+    linked_libraries(&stdout).with_context(|| format!("`ldd {}`", program.display()))
 }
 
 /// The libraries in `ldd`'s output, by the absolute path the loader uses.

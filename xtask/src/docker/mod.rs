@@ -12,6 +12,8 @@ pub mod deploy;
 #[cfg(test)]
 mod e2e;
 pub mod image;
+pub mod infra;
+mod resources;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
