@@ -9,6 +9,7 @@
 
 pub mod converge;
 pub mod deploy;
+pub mod dockerfile;
 #[cfg(test)]
 mod e2e;
 pub mod image;
