@@ -12,7 +12,6 @@
 //! BuildKit (cache mounts), which this verb does not drive yet.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -22,6 +21,7 @@ use clap::{Args, ValueEnum};
 
 use crate::docker::Engine;
 use crate::docker::image::{Offline, Program};
+use crate::progress::{Event, Progress};
 use crate::{environment, process};
 
 /// The repository of every image this builds.
@@ -48,7 +48,9 @@ pub struct Build {
     /// The environment whose platform.build.uid the image runs as.
     #[arg(long, value_name = "NAME", default_value = "dev")]
     env: String,
-    /// `json` prints one object (image, id, size) on stdout, for scripts.
+    /// `json`: one JSON event per line on stdout, the last a summary with
+    /// the image, id and size (the schema is in xtask/src/progress.rs).
+    /// `text` prints the image's tag on stdout, progress on stderr.
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
 }
@@ -63,51 +65,48 @@ pub struct Built {
 
 impl Build {
     pub fn run(&self, root: &Path) -> anyhow::Result<()> {
+        let progress = Progress::new(self.output);
+        match self.build(root, &progress) {
+            Ok(built) => {
+                progress.finish(|| format!("{}\n", built.image), &built);
+                Ok(())
+            }
+            Err(err) => {
+                progress.fail(&err);
+                Err(err)
+            }
+        }
+    }
+
+    fn build(&self, root: &Path, progress: &Progress) -> anyhow::Result<Built> {
         let environment = environment::load(root, &self.env)?;
         let uid = environment.model.platform.build.uid;
         let binary = match &self.binary {
             Some(binary) => binary.clone(),
-            None => cargo_build(root, self.debug)?,
+            None => cargo_build(root, self.debug, progress)?,
         };
-        step("connecting to the Docker engine");
+        progress.step("connecting to the Docker engine");
         let engine = Engine::connect()?;
-        step(&format!("building the image from {}", binary.display()));
-        let started = Instant::now();
-        // Build output goes to stderr, so that stdout carries only the result.
-        let built = build_offline(&engine, root, &binary, self.debug, uid, &mut std::io::stderr())?;
-        match self.output {
-            Output::Json => println!("{}", serde_json::to_string(&built).expect("serialisable")),
-            Output::Text => println!(
-                "built {} ({}, {:.1} MB) in {:.1} s",
-                built.image,
-                built.id,
-                built.size as f64 / 1e6,
-                started.elapsed().as_secs_f64()
-            ),
-        }
-        Ok(())
+        build_offline(&engine, root, &binary, self.debug, uid, progress)
     }
 }
 
 /// Builds `freedumb` with cargo and returns where the binary is.
-pub fn cargo_build(root: &Path, debug: bool) -> anyhow::Result<PathBuf> {
-    step("building freedumb");
+pub fn cargo_build(root: &Path, debug: bool, progress: &Progress) -> anyhow::Result<PathBuf> {
+    progress.step(format!("building freedumb ({} profile)", if debug { "dev" } else { "release" }));
     let mut cargo = process::cargo();
     cargo.current_dir(root).args(["build", "-p", "freedumb"]);
     if !debug {
         cargo.arg("--release");
     }
-    process::run(&mut cargo)?;
+    // cargo draws its own progress on the terminal: the bars step aside.
+    progress.suspend(|| process::run(&mut cargo))?;
     let profile = if debug { "debug" } else { "release" };
     let target_dir = match std::env::var_os("CARGO_TARGET_DIR").filter(|dir| !dir.is_empty()) {
         Some(dir) => root.join(dir),
         None => root.join("target"),
     };
     Ok(target_dir.join(profile).join("freedumb"))
-}
-
-fn step(what: &str) {
-    eprintln!("==> {what}");
 }
 
 /// Builds the offline image of `binary` and returns what the engine has.
@@ -117,7 +116,7 @@ pub fn build_offline(
     binary: &Path,
     debug: bool,
     uid: u32,
-    out: &mut dyn Write,
+    progress: &Progress,
 ) -> anyhow::Result<Built> {
     if !binary.is_file() {
         bail!("{} does not exist; build it first (cargo build -p freedumb)", binary.display());
@@ -137,9 +136,21 @@ pub fn build_offline(
         labels.insert("org.opencontainers.image.source".to_owned(), source);
     }
     let offline = Offline::for_binary(binary, uid, labels)?;
-    let context = offline.context()?;
-    let id = engine.build(context, &tag, out)?;
+    build_context(engine, offline.context()?, tag, progress)
+}
+
+/// Builds `context` as `tag`, reporting it, and returns what the engine has.
+fn build_context(engine: &Engine, context: Vec<u8>, tag: String, progress: &Progress) -> anyhow::Result<Built> {
+    progress.emit(Event::BuildStarted { image: tag.clone() });
+    let started = Instant::now();
+    let id = engine.build(context, &tag, &mut progress.build_log())?;
     let size = engine.image_size(&tag)?.unwrap_or_default();
+    progress.emit(Event::BuildFinished {
+        image: tag.clone(),
+        id: id.clone(),
+        size,
+        seconds: started.elapsed().as_secs_f64(),
+    });
     Ok(Built { image: tag, id, size })
 }
 
@@ -147,18 +158,34 @@ pub fn build_offline(
 /// scratch. Tagged by its content, `freedumb-gateway:<digest>`, not by the
 /// git revision: a deployment recreates its gateway only when nginx itself
 /// changed, never because of an unrelated commit.
-pub fn build_gateway(engine: &Engine, nginx: &Path, uid: u32) -> anyhow::Result<Built> {
-    let labels = BTreeMap::from([
+pub fn build_gateway(engine: &Engine, nginx: &Path, uid: u32, progress: &Progress) -> anyhow::Result<Built> {
+    build_gateway_labelled(engine, nginx, uid, BTreeMap::new(), progress)
+}
+
+/// `build_gateway` with `extra` labels, which change its content and so its
+/// tag (the end-to-end test makes a second gateway image this way).
+pub fn build_gateway_labelled(
+    engine: &Engine,
+    nginx: &Path,
+    uid: u32,
+    extra: BTreeMap<String, String>,
+    progress: &Progress,
+) -> anyhow::Result<Built> {
+    let mut labels = BTreeMap::from([
         ("org.opencontainers.image.title".to_owned(), "freedumb-gateway".to_owned()),
         ("org.opencontainers.image.description".to_owned(), "FREEDUMB gateway: nginx on scratch".to_owned()),
     ]);
+    labels.extend(extra);
     let nginx = absolute(nginx)?;
     let offline = Offline::for_program(Program::Gateway, &nginx, uid, labels)?;
     let context = offline.context()?;
     let tag = format!("{GATEWAY_IMAGE}:{}", digest(&context));
-    let id = engine.build(context, &tag, &mut std::io::sink())?;
-    let size = engine.image_size(&tag)?.unwrap_or_default();
-    Ok(Built { image: tag, id, size })
+    if let Some(size) = engine.image_size(&tag)? {
+        // Tagged by content: the engine has exactly this image already.
+        let id = engine.image_id(&tag)?;
+        return Ok(Built { image: tag, id, size });
+    }
+    build_context(engine, context, tag, progress)
 }
 
 /// FNV-1a of `bytes`, 12 hex digits: enough to tell builds apart.

@@ -68,6 +68,11 @@ pub struct Deploy {
     /// With --containers: deploy this image instead of building one.
     #[arg(long, value_name = "IMAGE", requires = "containers")]
     image: Option<String>,
+    /// With --containers: `json` writes one JSON event per line on stdout,
+    /// the last a summary (the schema is in xtask/src/progress.rs); `text`
+    /// shows progress bars on a terminal and plain lines elsewhere.
+    #[arg(long, value_enum, default_value = "text", requires = "containers")]
+    output: crate::build::Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +95,12 @@ impl Deploy {
     pub fn run(&self, root: &Path) -> anyhow::Result<()> {
         let mut environment = environment::load(root, &self.env)?;
         if self.containers {
-            return crate::docker::deploy::run(root, &environment, self.image.as_deref(), self.debug);
+            let progress = crate::progress::Progress::new(self.output);
+            let result = crate::docker::deploy::run(root, &environment, self.image.as_deref(), self.debug, &progress);
+            if let Err(err) = &result {
+                progress.fail(err);
+            }
+            return result;
         }
         if environment.model.kind != Kind::Local {
             bail!(
@@ -513,7 +523,14 @@ mod tests {
 
     #[test]
     fn environments_that_are_not_local_are_rendered_not_deployed() {
-        let deploy = Deploy { env: "staging".to_owned(), port: None, debug: false, containers: false, image: None };
+        let deploy = Deploy {
+            env: "staging".to_owned(),
+            port: None,
+            debug: false,
+            containers: false,
+            image: None,
+            output: crate::build::Output::Text,
+        };
         let err = deploy.run(&crate::project_root()).unwrap_err().to_string();
         assert!(err.starts_with("environment `staging` is a kubernetes environment"), "{err}");
         assert!(err.contains("cargo xtask render --env staging"), "{err}");

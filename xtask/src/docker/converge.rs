@@ -19,6 +19,7 @@ use anyhow::bail;
 use bollard::models::ContainerSummary;
 
 use super::{Engine, LABEL_PROJECT, LABEL_SERVICE, Spec, container_name};
+use crate::progress::{Event, Progress};
 
 /// The replica's index within its service.
 pub const LABEL_REPLICA: &str = "io.freedumb.replica";
@@ -150,6 +151,35 @@ pub fn plan(desired: &[Desired], actual: &[Running]) -> Vec<Action> {
     actions
 }
 
+/// The `plan` event of `plan`: counts, and per service the replicas it
+/// changes (the length of the service's progress bar).
+pub fn plan_event(project: &str, image: &str, plan: &[Action]) -> Event {
+    let (mut create, mut replace, mut remove, mut keep) = (0, 0, 0, 0);
+    let mut services: BTreeMap<String, usize> = BTreeMap::new();
+    for action in plan {
+        let service = match action {
+            Action::Keep(_) => {
+                keep += 1;
+                continue;
+            }
+            Action::Create(want) => {
+                create += 1;
+                &want.service
+            }
+            Action::Replace { new, .. } => {
+                replace += 1;
+                &new.service
+            }
+            Action::Remove(running) => {
+                remove += 1;
+                &running.service
+            }
+        };
+        *services.entry(service.clone()).or_default() += 1;
+    }
+    Event::Plan { project: project.to_owned(), image: image.to_owned(), create, replace, remove, keep, services }
+}
+
 /// Whether a plan changes anything.
 pub fn changes(plan: &[Action]) -> bool {
     plan.iter().any(|action| !matches!(action, Action::Keep(_)))
@@ -198,8 +228,8 @@ pub struct Apply<'a> {
     pub project: &'a str,
     /// How long a new container gets to become healthy.
     pub health_timeout: Duration,
-    /// Called with one line per step (progress).
-    pub say: &'a mut dyn FnMut(&str),
+    /// Where each replica's steps are reported.
+    pub progress: &'a Progress,
     /// Points the gateway at these replicas, and returns once it sends new
     /// requests only there. Called after a new replica is healthy and before
     /// the one it replaces is stopped, so no request reaches a stopped
@@ -258,34 +288,64 @@ pub fn apply(engine: &Engine, plan: &[Action], apply: &mut Apply<'_>) -> anyhow:
     for action in plan {
         let result = match action {
             Action::Keep(running) => {
-                (apply.say)(&format!("{}: unchanged ({})", running.name, running.service));
+                apply.progress.emit(Event::Unchanged {
+                    service: running.service.clone(),
+                    replica: running.replica + 1,
+                    container: running.name.clone(),
+                });
                 Ok(())
             }
-            Action::Create(want) => start(engine, apply, want, 0).and_then(|(_, port)| {
+            Action::Create(want) => start(engine, apply, want, 0).and_then(|(name, port)| {
                 serving.set(&want.service, want.replica, Some(port));
-                switch(apply, &serving)
+                switch(apply, &serving)?;
+                apply.progress.emit(Event::TrafficSwitched {
+                    service: want.service.clone(),
+                    replica: want.replica + 1,
+                    container: name,
+                });
+                Ok(())
             }),
             Action::Replace { old, new } => {
                 let slot = 1 - old.slot.min(1);
                 start(engine, apply, new, slot).and_then(|(name, port)| {
-                    replaced.push((name, old.clone(), port));
+                    replaced.push((name.clone(), old.clone(), port));
                     serving.set(&new.service, new.replica, Some(port));
                     switch(apply, &serving)?;
-                    (apply.say)(&format!("{}: stopping, it drains its open requests", old.name));
+                    apply.progress.emit(Event::TrafficSwitched {
+                        service: new.service.clone(),
+                        replica: new.replica + 1,
+                        container: name,
+                    });
                     // Stopped, not removed: a rollback starts it again.
-                    engine.stop(&old.name, STOP_TIMEOUT_SECS as i32)
+                    // SIGTERM: it drains its open requests first.
+                    let stopping = Instant::now();
+                    engine.stop(&old.name, STOP_TIMEOUT_SECS as i32)?;
+                    apply.progress.emit(Event::OldStopped {
+                        service: old.service.clone(),
+                        replica: old.replica + 1,
+                        container: old.name.clone(),
+                        seconds: stopping.elapsed().as_secs_f64(),
+                    });
+                    Ok(())
                 })
             }
             Action::Remove(running) => {
-                (apply.say)(&format!("{}: removing", running.name));
                 serving.set(&running.service, running.replica, None);
                 switch(apply, &serving)
                     .and_then(|()| engine.stop(&running.name, STOP_TIMEOUT_SECS as i32))
                     .and_then(|()| engine.remove(&running.name, true))
+                    .map(|()| {
+                        apply.progress.emit(Event::Removed {
+                            service: running.service.clone(),
+                            replica: running.replica + 1,
+                            container: running.name.clone(),
+                        })
+                    })
             }
         };
         if let Err(err) = result {
-            roll_back(engine, apply, &replaced, &mut serving);
+            // The outermost context names the replica that failed.
+            roll_back(engine, apply, &replaced, &mut serving, &err.to_string());
             return Err(err.context("the rollout stopped; every replica is back on its previous container"));
         }
     }
@@ -302,22 +362,49 @@ fn start(engine: &Engine, apply: &mut Apply<'_>, want: &Desired, slot: u8) -> an
     let port = port(want.base_port, want.replica, slot)?;
     // A leftover of an interrupted run in this slot is not serving: replace it.
     engine.remove(&name, true)?;
-    (apply.say)(&format!("{name}: starting {} ({})", want.image, want.service));
+    let (service, replica) = (want.service.clone(), want.replica + 1);
+    apply.progress.emit(Event::ReplicaStarting {
+        service: service.clone(),
+        replica,
+        container: name.clone(),
+        image: want.image.clone(),
+    });
     let started = Instant::now();
     engine.run(&name, spec.body())?;
     if let Err(err) = engine.wait_healthy(&name, Instant::now() + apply.health_timeout) {
+        // The log goes with the container: read it first.
+        let log = engine.last_log_lines(&name, 10).lines().map(str::to_owned).collect();
         let _ = engine.remove(&name, true);
-        return Err(err.context(format!("replica {} of {} did not become healthy", want.replica + 1, want.service)));
+        let reason = err.to_string();
+        let reason = reason.lines().next().unwrap_or_default().trim_end_matches("; the last lines of its log:");
+        apply.progress.emit(Event::ReplicaFailed {
+            service: service.clone(),
+            replica,
+            container: name.clone(),
+            reason: reason.to_owned(),
+            log,
+        });
+        return Err(err.context(format!("replica {replica} of {service} did not become healthy")));
     }
-    (apply.say)(&format!("{name}: healthy after {:.1} s", started.elapsed().as_secs_f64()));
+    apply.progress.emit(Event::ReplicaHealthy {
+        service,
+        replica,
+        container: name.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
     Ok((name, port))
 }
 
 /// Starts each replaced container again, points the gateway back at it,
 /// and removes its replacement, newest first.
-fn roll_back(engine: &Engine, apply: &mut Apply<'_>, replaced: &[(String, Running, u16)], serving: &mut Serving) {
+fn roll_back(
+    engine: &Engine,
+    apply: &mut Apply<'_>,
+    replaced: &[(String, Running, u16)],
+    serving: &mut Serving,
+    reason: &str,
+) {
     for (new, old, _) in replaced.iter().rev() {
-        (apply.say)(&format!("{new}: rolling back to {}", old.name));
         let result = engine
             .start(&old.name)
             .and_then(|()| engine.wait_healthy(&old.name, Instant::now() + apply.health_timeout))
@@ -327,8 +414,14 @@ fn roll_back(engine: &Engine, apply: &mut Apply<'_>, replaced: &[(String, Runnin
             })
             .and_then(|()| engine.stop(new, STOP_TIMEOUT_SECS as i32))
             .and_then(|()| engine.remove(new, true));
-        if let Err(err) = result {
-            (apply.say)(&format!("rolling back {}: {err:#}", old.name));
+        match result {
+            Ok(()) => apply.progress.emit(Event::RolledBack {
+                service: old.service.clone(),
+                replica: old.replica + 1,
+                container: old.name.clone(),
+                reason: reason.to_owned(),
+            }),
+            Err(err) => apply.progress.warn(format!("rolling {new} back to {} failed: {err:#}", old.name)),
         }
     }
 }

@@ -11,11 +11,15 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use super::converge::{Action, Apply, Desired, Running, apply, changes, plan, port};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::converge::{Action, Apply, Desired, Running, Servers, apply, changes, plan, port};
 use super::{Engine, LABEL_PROJECT, LABEL_SERVICE, Spec};
 use crate::build::{Built, build_offline};
 use crate::containers::{self, Row};
-use crate::environment::{self, vars};
+use crate::environment::{self, Environment, vars};
+use crate::progress::{Mode, Progress};
 
 fn engine() -> Engine {
     Engine::connect().unwrap_or_else(|err| panic!("{err:#}"))
@@ -25,7 +29,78 @@ fn debug_image(engine: &Engine) -> Built {
     let root = crate::project_root();
     let binary = crate::freedumb_debug_binary(&root);
     assert!(binary.is_file(), "{} is missing; `cargo build -p freedumb` (cargo xtask test does)", binary.display());
-    build_offline(engine, &root, &binary, true, 1001, &mut std::io::sink()).unwrap_or_else(|err| panic!("{err:#}"))
+    build_offline(engine, &root, &binary, true, 1001, &Progress::lines()).unwrap_or_else(|err| panic!("{err:#}"))
+}
+
+/// A steady load through the gateway: four clients, one request after the
+/// other each, on keep-alive connections (as a browser or an SDK would),
+/// counting every answer that is not the service's own 401.
+struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(gateway: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = (0..4)
+            .map(|worker| {
+                let stop = Arc::clone(&stop);
+                let gateway = gateway.to_owned();
+                std::thread::spawn(move || {
+                    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+                    let routes = ["/v1/auth/me", "/v1/accounts", "/v1/budgets"];
+                    let (mut served, mut failures) = (0u64, Vec::new());
+                    let mut i = worker;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let url = format!("{gateway}{}", routes[i % routes.len()]);
+                        match agent.get(&url).call() {
+                            Err(ureq::Error::Status(401, _)) => served += 1,
+                            Ok(response) => failures.push(format!("{url}: {}", response.status())),
+                            Err(err) => failures.push(format!("{url}: {err}")),
+                        }
+                    }
+                    (served, failures)
+                })
+            })
+            .collect();
+        // Under way before whatever the test does next.
+        std::thread::sleep(Duration::from_secs(1));
+        Load { stop, workers }
+    }
+
+    /// Goes on a second longer, then stops: requests served, failures.
+    fn stop(self) -> (u64, Vec<String>) {
+        std::thread::sleep(Duration::from_secs(1));
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut served, mut failures) = (0, Vec::new());
+        for worker in self.workers {
+            let (s, f) = worker.join().unwrap();
+            served += s;
+            failures.extend(f);
+        }
+        (served, failures)
+    }
+}
+
+fn assert_none_failed(what: &str, served: u64, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} requests failed during {what}: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(served > 100, "only {served} requests ran during {what}");
+}
+
+/// Removes a project's containers when the test ends, passed or not.
+struct Down<'a>(&'a Engine, String);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = containers::down(self.0, &self.1, true);
+    }
 }
 
 fn free_port() -> u16 {
@@ -199,10 +274,13 @@ fn replicas_converge_roll_forward_and_roll_back_a_broken_change() {
         running.sort_by_key(|r| r.name.clone());
         running
     };
-    let mut lines = Vec::new();
-    let mut say = |line: &str| lines.push(line.to_owned());
-    let mut options =
-        Apply { project: &deployment.project, health_timeout: Duration::from_secs(60), say: &mut say, switch: None };
+    let (progress, events) = Progress::captured(Mode::Json);
+    let mut options = Apply {
+        project: &deployment.project,
+        health_timeout: Duration::from_secs(60),
+        progress: &progress,
+        switch: None,
+    };
 
     let first = desired(&[]);
     apply(&engine, &plan(&first, &actual()), &mut options).unwrap_or_else(|err| panic!("{err:#}"));
@@ -229,6 +307,13 @@ fn replicas_converge_roll_forward_and_roll_back_a_broken_change() {
     assert!(err.contains("replica 2 of auth did not become healthy"), "{err}");
     assert!(err.contains("JWT_ACCESS_SECRET"), "its last log lines say why: {err}");
     assert_eq!(actual(), after_rollout, "the previous containers serve again, and nothing else runs");
+    // A script following `--output json` learns the same.
+    let events: Vec<serde_json::Value> = events.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let failed = events.iter().find(|e| e["event"] == "replica_failed").expect("a replica_failed event");
+    assert_eq!((&failed["service"], &failed["replica"]), (&serde_json::json!("auth"), &serde_json::json!(2)));
+    assert!(failed["log"].to_string().contains("JWT_ACCESS_SECRET"), "{failed}");
+    let rolled_back: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "rolled_back").collect();
+    assert_eq!(rolled_back.len(), 1, "replica 1 went back to its container: {rolled_back:?}");
     assert!(!changes(&plan(&second, &actual())));
 }
 
@@ -239,25 +324,18 @@ fn replicas_converge_roll_forward_and_roll_back_a_broken_change() {
 /// failed request, and `down` leaves no container behind.
 #[test]
 fn a_rollout_under_load_through_the_gateway_loses_no_request() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     let engine = engine();
     let built = debug_image(&engine);
     let root = crate::project_root();
     let environment = environment::load(&root, "test").unwrap();
     let project = super::deploy::project(&environment);
-    struct Down<'a>(&'a Engine, String);
-    impl Drop for Down<'_> {
-        fn drop(&mut self) {
-            let _ = containers::down(self.0, &self.1, true);
-        }
-    }
     let _down = Down(&engine, project.clone());
     let gateway = format!("http://127.0.0.1:{}", environment.model.gateway.http_port);
+    let progress = Progress::lines();
 
     let started = Instant::now();
-    super::deploy::run(&root, &environment, Some(&built.image), true).unwrap_or_else(|err| panic!("{err:#}"));
+    super::deploy::run(&root, &environment, Some(&built.image), true, &progress)
+        .unwrap_or_else(|err| panic!("{err:#}"));
     eprintln!("deploy to all healthy: {:.1} s", started.elapsed().as_secs_f64());
     // Every routed service answers through the gateway, in our error shape.
     for route in ["/v1/auth/me", "/v1/accounts", "/v1/transactions", "/v1/categories", "/v1/budgets", "/v1/goals"] {
@@ -270,61 +348,25 @@ fn a_rollout_under_load_through_the_gateway_loses_no_request() {
         }
     }
     let before = containers::status(&engine, &project).unwrap();
-    super::deploy::run(&root, &environment, Some(&built.image), true).unwrap();
+    super::deploy::run(&root, &environment, Some(&built.image), true, &progress).unwrap();
     assert_eq!(containers::status(&engine, &project).unwrap().len(), before.len(), "nothing changed");
 
     // A steady load through the gateway, during a rollout to a new image.
-    let stop = Arc::new(AtomicBool::new(false));
-    let load: Vec<_> = (0..4)
-        .map(|worker| {
-            let stop = Arc::clone(&stop);
-            let gateway = gateway.clone();
-            std::thread::spawn(move || {
-                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
-                let routes = ["/v1/auth/me", "/v1/accounts", "/v1/budgets"];
-                let (mut served, mut failures) = (0u64, Vec::new());
-                let mut i = worker;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let url = format!("{gateway}{}", routes[i % routes.len()]);
-                    match agent.get(&url).call() {
-                        Err(ureq::Error::Status(401, _)) => served += 1,
-                        Ok(response) => failures.push(format!("{url}: {}", response.status())),
-                        Err(err) => failures.push(format!("{url}: {err}")),
-                    }
-                }
-                (served, failures)
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(1));
+    let load = Load::start(&gateway);
     let tag = format!("{}-rollout", built.image.rsplit_once(':').unwrap().1);
     engine.tag(&built.image, "freedumb", &tag).unwrap();
     let next = format!("freedumb:{tag}");
     let started = Instant::now();
-    super::deploy::run(&root, &environment, Some(&next), true).unwrap_or_else(|err| panic!("{err:#}"));
+    super::deploy::run(&root, &environment, Some(&next), true, &progress).unwrap_or_else(|err| panic!("{err:#}"));
     let rollout = started.elapsed();
-    std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    let (mut served, mut failures) = (0, Vec::new());
-    for worker in load {
-        let (s, f) = worker.join().unwrap();
-        served += s;
-        failures.extend(f);
-    }
+    let (served, failures) = load.stop();
     eprintln!(
         "rollout of {} replicas: {:.1} s; {served} requests served through the gateway, {} failed",
         before.iter().filter(|row| row.state == "running" && row.service != "gateway").count(),
         rollout.as_secs_f64(),
         failures.len()
     );
-    assert!(
-        failures.is_empty(),
-        "{} requests failed during the rollout: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
-    assert!(served > 100, "only {served} requests ran during the rollout");
+    assert_none_failed("the rollout", served, &failures);
     let rows = containers::status(&engine, &project).unwrap();
     assert!(
         rows.iter()
@@ -335,7 +377,9 @@ fn a_rollout_under_load_through_the_gateway_loses_no_request() {
 
     // `rollback` goes back to the image deployed before, the same way.
     assert_eq!(super::deploy::previous(&root, &project).unwrap(), built.image);
-    super::deploy::Rollback { env: "test".to_owned() }.run(&root).unwrap_or_else(|err| panic!("{err:#}"));
+    super::deploy::Rollback { env: "test".to_owned(), output: crate::build::Output::Text }
+        .roll_back(&root, &progress)
+        .unwrap_or_else(|err| panic!("{err:#}"));
     let rows = containers::status(&engine, &project).unwrap();
     assert!(
         rows.iter()
@@ -345,10 +389,111 @@ fn a_rollout_under_load_through_the_gateway_loses_no_request() {
     );
 
     let removed = containers::down(&engine, &project, true).unwrap();
-    assert_eq!(
-        removed.first().map(String::as_str),
-        Some(format!("{project}-gateway").as_str()),
-        "the gateway stops first"
-    );
+    assert!(removed[0].starts_with(&format!("{project}-gateway-")), "the gateway stops first: {removed:?}");
     assert!(containers::status(&engine, &project).unwrap().is_empty(), "down leaves no container behind");
+}
+
+/// The `test` environment moved to ports of its own (and a project of its
+/// own), so that this test runs next to the rollout test.
+fn moved_test_environment(name: &str, shift: u16) -> Environment {
+    let mut environment = environment::load(&crate::project_root(), "test").unwrap();
+    environment.name = name.to_owned();
+    // A database and key prefix of its own too: two tests' migrations must
+    // not race to create one database.
+    let database = name.replace('-', "_");
+    environment.model.postgres.url = Some(format!("postgres://postgres@127.0.0.1:5432/freedumb_{database}"));
+    environment.model.platform.redis_key_prefix = format!("freedumb-{name}:");
+    environment.model.gateway.http_port += shift;
+    for workload in environment.model.services.values_mut().chain(environment.model.workers.values_mut()) {
+        workload.port += shift;
+    }
+    environment
+}
+
+/// The gateway's upstreams as the running replicas' labels say.
+fn serving(engine: &Engine, project: &str) -> Servers {
+    let mut servers = Servers::new();
+    for running in engine
+        .containers(&BTreeMap::from([(LABEL_PROJECT, project)]))
+        .unwrap()
+        .iter()
+        .filter_map(Running::from_summary)
+        .filter(|running| running.running)
+    {
+        servers.entry(running.service).or_default().push(format!("127.0.0.1:{}", running.port));
+    }
+    servers
+}
+
+/// The gateway containers of `project`: (name, image, state).
+fn gateways(project: &str) -> Vec<(String, String, String)> {
+    let rows = containers::status(&engine(), project).unwrap();
+    rows.into_iter().filter(|row| row.service == "gateway").map(|row| (row.name, row.image, row.state)).collect()
+}
+
+/// A new gateway image (here: the same nginx with another label, so another
+/// content digest) takes over the gateway's port while a steady load runs
+/// through it: the new container starts next to the old one, both with
+/// `reuseport`, and the old one leaves gracefully once the new one answers.
+/// Not one request fails and exactly one gateway remains. Then a plain
+/// `deploy` brings the usual image back, the same way.
+#[test]
+fn a_new_gateway_image_takes_over_the_port_under_load_without_a_failed_request() {
+    // Without it, about one replacement in three lost one connection here.
+    assert!(
+        super::deploy::migrates_queued_connections(),
+        "{} must be 1 (`sysctl -w net.ipv4.tcp_migrate_req=1` as root; .ci/run sets it): else a connection \
+         queued on the old gateway as it closes its sockets is reset",
+        super::deploy::MIGRATE_REQ
+    );
+    let engine = engine();
+    let built = debug_image(&engine);
+    let root = crate::project_root();
+    // Services at 7401.., replicas' second slots at 17401..; gateway 18480.
+    let environment = moved_test_environment("test-gateway", 400);
+    let project = super::deploy::project(&environment);
+    let _down = Down(&engine, project.clone());
+    let url = format!("http://127.0.0.1:{}", environment.model.gateway.http_port);
+    let progress = Progress::lines();
+    super::deploy::run(&root, &environment, Some(&built.image), true, &progress)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let first = gateways(&project);
+    assert!(matches!(first.as_slice(), [(_, _, state)] if state == "running"), "{first:?}");
+
+    let nginx = crate::tools::require(&crate::tools::NGINX).unwrap();
+    let uid = environment.model.platform.build.uid;
+    let labels = BTreeMap::from([("io.freedumb.test".to_owned(), format!("second-{}", std::process::id()))]);
+    let second = crate::build::build_gateway_labelled(&engine, &nginx, uid, labels, &progress).unwrap();
+    assert_ne!(second.image, first[0].1, "another content, another tag");
+
+    let load = Load::start(&url);
+    let started = Instant::now();
+    let mut gateway =
+        super::deploy::Gateway::new(&engine, &root, &environment, &project, second.image.clone(), &progress);
+    gateway.switch(&serving(&engine, &project)).unwrap_or_else(|err| panic!("{err:#}"));
+    let took_over = started.elapsed();
+    let (served, failures) = load.stop();
+    eprintln!(
+        "gateway replaced under load in {:.2} s; {served} requests served through it, {} failed",
+        took_over.as_secs_f64(),
+        failures.len()
+    );
+    assert_none_failed("the gateway's replacement", served, &failures);
+    let now = gateways(&project);
+    assert!(
+        matches!(now.as_slice(), [(name, image, state)] if *image == second.image && state == "running" && *name != first[0].0),
+        "exactly one gateway remains, the new one, under the other name: {now:?}"
+    );
+
+    // `deploy` with nothing else changed puts the usual gateway image back,
+    // and the replicas stay as they are.
+    let replicas = serving(&engine, &project);
+    let load = Load::start(&url);
+    super::deploy::run(&root, &environment, Some(&built.image), true, &progress)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let (served, failures) = load.stop();
+    assert_none_failed("the deploy that replaced the gateway back", served, &failures);
+    let back = gateways(&project);
+    assert!(matches!(back.as_slice(), [(_, image, _)] if *image == first[0].1), "{back:?}");
+    assert_eq!(serving(&engine, &project), replicas, "no replica was touched");
 }

@@ -109,6 +109,15 @@ impl Engine {
         }
     }
 
+    /// An image's id (`sha256:...`).
+    pub fn image_id(&self, name: &str) -> anyhow::Result<String> {
+        let image = self
+            .runtime
+            .block_on(self.docker.inspect_image(name))
+            .with_context(|| format!("failed to inspect image {name}"))?;
+        Ok(image.id.unwrap_or_default())
+    }
+
     /// Every container (running or not) with all of `labels`.
     pub fn containers(&self, labels: &BTreeMap<&str, &str>) -> anyhow::Result<Vec<ContainerSummary>> {
         let filters: HashMap<String, Vec<String>> =

@@ -59,6 +59,10 @@ pub struct GatewayView {
     pub tls: bool,
     /// `listen` address prefix, such as `127.0.0.1:`, or empty.
     pub listen: String,
+    /// `reuseport` on every `listen`: only the gateway of a container
+    /// deployment (`render::render_gateway`), whose replacement starts next
+    /// to the old container on the same port (see docker/deploy.rs).
+    pub reuseport: bool,
     pub http_port: u16,
     pub https_port: u16,
     pub body_limit_mib: u32,
@@ -582,6 +586,7 @@ fn gateway_view(environment: &Environment, upstreams: Upstreams) -> GatewayView 
             .map(|(name, value)| HeaderView { name: name.clone(), value: value.clone() })
             .collect(),
         websocket: routes.iter().any(|route| route.websocket),
+        reuseport: false,
         requests: amounts(&gateway.resources.requests),
         limits: amounts(&gateway.resources.limits),
         upstreams: upstream_views,

@@ -163,6 +163,10 @@ pub fn render(root: &Path, environment: &Environment, upstreams: Upstreams) -> a
 /// The response header of a container deployment's gateway that names its
 /// upstreams' version (see `render_gateway`).
 pub const GATEWAY_UPSTREAMS_HEADER: &str = "X-Gateway-Upstreams";
+/// The response header of a container deployment's gateway that names the
+/// container answering: while a new gateway starts next to the old one on
+/// the same port, it tells which of the two a connection reached.
+pub const GATEWAY_INSTANCE_HEADER: &str = "X-Gateway-Instance";
 
 /// FNV-1a, as hex: a short digest that is the same on every run.
 fn fnv1a(text: &str) -> String {
@@ -182,15 +186,27 @@ pub fn gateway_upstreams_version(files: &Files) -> Option<String> {
 }
 
 /// The gateway's files (`nginx/`, without the prefix) for a container
-/// deployment: each service's upstream lists the addresses of its serving
-/// replicas, `servers[service]`, instead of the environment's one address.
+/// deployment, for the container `instance`: each service's upstream lists
+/// the addresses of its serving replicas, `servers[service]`, instead of
+/// the environment's one address.
 pub fn render_gateway(
     root: &Path,
     environment: &Environment,
     servers: &std::collections::BTreeMap<String, Vec<String>>,
+    instance: &str,
 ) -> anyhow::Result<Files> {
     let tera = templates(root)?;
     let mut context = context::build(environment, Upstreams::Deployed, Vec::new());
+    // `reuseport` (SO_REUSEPORT) here only: a new gateway container binds
+    // the port while the old one still holds it, on the host's network,
+    // and both must set it. Nowhere else is it wanted. In compose and
+    // Kubernetes the gateway has a network namespace of its own, so no
+    // second process ever shares its port and the option would only change
+    // how connections spread over workers. For `deploy` without containers
+    // it would be harmful: a forgotten nginx of an earlier run would share
+    // the port silently, serving old upstreams, instead of failing the
+    // start with "address already in use".
+    context.gateway.reuseport = true;
     for upstream in &mut context.gateway.upstreams {
         if let Some(addresses) = servers.get(&upstream.service).filter(|addresses| !addresses.is_empty()) {
             upstream.servers.clone_from(addresses);
@@ -203,6 +219,10 @@ pub fn render_gateway(
         name: GATEWAY_UPSTREAMS_HEADER.to_owned(),
         value: fnv1a(&format!("{upstreams:?}")),
     });
+    context
+        .gateway
+        .headers
+        .push(context::HeaderView { name: GATEWAY_INSTANCE_HEADER.to_owned(), value: instance.to_owned() });
     let base = tera::Context::from_serialize(&context).context("failed to build the template context")?;
     let mut files = Files::new();
     for (out, template) in outputs(environment.model.kind) {
