@@ -7,9 +7,10 @@
 //! `freedumb:<git sha>` (`-dirty` when the work tree has changes, `-debug`
 //! for a dev-profile binary) and labelled with the OCI annotations.
 //!
-//! The rendered multi-stage Dockerfile (`cargo xtask render --env dev`) is
-//! the way for machines that can pull `rust:` and `debian:` images; it needs
-//! BuildKit (cache mounts), which this verb does not drive yet.
+//! `--dockerfile` builds the environment's rendered multi-stage Dockerfile
+//! instead (`cargo xtask render --env dev` writes it): the way for machines
+//! that can pull `rust:` and `debian:` images. The context is the workspace,
+//! made in memory and honouring the ignore files (`docker::dockerfile`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
-use crate::docker::Engine;
+use crate::docker::{Engine, dockerfile};
 use crate::docker::image::{Offline, Program};
 use crate::progress::{Event, Progress};
 use crate::{environment, process};
@@ -48,6 +49,13 @@ pub struct Build {
     /// The environment whose platform.build.uid the image runs as.
     #[arg(long, value_name = "NAME", default_value = "dev")]
     env: String,
+    /// Build the environment's rendered multi-stage Dockerfile (dev,
+    /// staging, prod) from the workspace instead of offline: cargo runs in
+    /// its Rust stage, so the engine needs its base images
+    /// (platform.build.rust_image and runtime_image) or a registry to pull
+    /// them from.
+    #[arg(long, conflicts_with_all = ["binary", "debug"])]
+    dockerfile: bool,
     /// `json`: one JSON event per line on stdout, the last a summary with
     /// the image, id and size (the schema is in xtask/src/progress.rs).
     /// `text` prints the image's tag on stdout, progress on stderr.
@@ -80,6 +88,11 @@ impl Build {
 
     fn build(&self, root: &Path, progress: &Progress) -> anyhow::Result<Built> {
         let environment = environment::load(root, &self.env)?;
+        if self.dockerfile {
+            progress.step("connecting to the Docker engine");
+            let engine = Engine::connect()?;
+            return build_dockerfile(&engine, root, &environment, progress);
+        }
         let uid = environment.model.platform.build.uid;
         let binary = match &self.binary {
             Some(binary) => binary.clone(),
@@ -124,6 +137,14 @@ pub fn build_offline(
     let revision = git(root, &["rev-parse", "HEAD"])?;
     let dirty = !git(root, &["status", "--porcelain"])?.is_empty();
     let tag = image_tag(&revision, dirty, debug);
+    let labels = labels(root, revision, debug);
+    let offline = Offline::for_binary(binary, uid, labels)?;
+    build_context(engine, offline.context()?, tag, progress)
+}
+
+/// The image's labels: OCI annotations (title, description, revision,
+/// source) and its profile.
+fn labels(root: &Path, revision: String, debug: bool) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
         ("org.opencontainers.image.title".to_owned(), "freedumb".to_owned()),
         ("org.opencontainers.image.description".to_owned(), description(debug).to_owned()),
@@ -135,8 +156,38 @@ pub fn build_offline(
     {
         labels.insert("org.opencontainers.image.source".to_owned(), source);
     }
-    let offline = Offline::for_binary(binary, uid, labels)?;
-    build_context(engine, offline.context()?, tag, progress)
+    labels
+}
+
+/// Builds the `runtime` stage of `environment`'s rendered multi-stage
+/// Dockerfile from the workspace (`docker::dockerfile`), tagged and
+/// labelled as the offline image is (`io.freedumb.build` says which way),
+/// and returns what the engine has.
+pub fn build_dockerfile(
+    engine: &Engine,
+    root: &Path,
+    environment: &environment::Environment,
+    progress: &Progress,
+) -> anyhow::Result<Built> {
+    progress.step(format!("rendering the Dockerfile of `{}` and packing the workspace", environment.name));
+    let (text, context) = dockerfile::rendered_context(root, environment)?;
+    let revision = git(root, &["rev-parse", "HEAD"])?;
+    let dirty = !git(root, &["status", "--porcelain"])?.is_empty();
+    let tag = image_tag(&revision, dirty, false);
+    let mut labels = labels(root, revision, false);
+    labels.insert("io.freedumb.build".to_owned(), "dockerfile".to_owned());
+    progress.emit(Event::BuildStarted { image: tag.clone() });
+    let started = Instant::now();
+    let request = dockerfile::Request { tag: &tag, target: "runtime", labels: &labels };
+    let id = engine.build_dockerfile(&text, context, &request, progress)?;
+    let size = engine.image_size(&tag)?.unwrap_or_default();
+    progress.emit(Event::BuildFinished {
+        image: tag.clone(),
+        id: id.clone(),
+        size,
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    Ok(Built { image: tag, id, size })
 }
 
 /// Builds `context` as `tag`, reporting it, and returns what the engine has.

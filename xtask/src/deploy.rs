@@ -49,8 +49,9 @@ const FREEDUMB_EXIT_CONFIG: i32 = 2;
 /// Build and run the whole platform locally, in the foreground, until Ctrl-C.
 #[derive(Debug, Args)]
 pub struct Deploy {
-    /// The environment to deploy, as in environments/NAME.toml; it must be
-    /// a local one (the others are rendered and applied, see `render`).
+    /// The environment to deploy, as in environments/NAME.toml: a local one,
+    /// or a compose one (dev), which always runs as containers; kubernetes
+    /// ones are rendered and applied (see `render`).
     #[arg(long, value_name = "NAME", default_value = "local")]
     env: String,
     /// Serve on this port instead of the one in the environment file.
@@ -94,7 +95,9 @@ impl Profile {
 impl Deploy {
     pub fn run(&self, root: &Path) -> anyhow::Result<()> {
         let mut environment = environment::load(root, &self.env)?;
-        if self.containers {
+        // A compose environment (dev) runs as containers: there is no other
+        // way to deploy it from here.
+        if self.containers || environment.model.kind == Kind::Compose {
             let progress = crate::progress::Progress::new(self.output);
             let result = crate::docker::deploy::run(root, &environment, self.image.as_deref(), self.debug, &progress);
             if let Err(err) = &result {
@@ -109,6 +112,14 @@ impl Deploy {
                 self.env,
                 environment.model.kind,
                 self.env
+            );
+        }
+        if let Some(which) = environment.used_backings().into_iter().find(|w| w.model(&environment).image.is_some()) {
+            bail!(
+                "environment `{}` runs {} as a container (`{}.image`): deploy it with --containers",
+                self.env,
+                which.kind().name,
+                which.key()
             );
         }
         let platform = &environment.model.platform;

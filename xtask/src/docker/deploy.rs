@@ -1,14 +1,17 @@
-//! `cargo xtask deploy --env local --containers`: the platform as containers
-//! of the offline image on this machine's Docker engine, next to the
-//! Postgres, Redis and RabbitMQ the environment names by URL (external
-//! infrastructure: nothing is pulled). One container per replica of each
-//! enabled service and worker, on the host's network.
+//! `cargo xtask deploy --containers` (and `deploy --env dev`): the platform
+//! as containers of the offline image on this machine's Docker engine. The
+//! infrastructure comes first: backing services with an `image` run as
+//! containers (`infra`: pulled when missing, on the project's network and
+//! volumes, gated on their health checks), the others are external and only
+//! checked. Then one container per replica of each enabled service and
+//! worker, on the host's network.
 //!
-//! Idempotent: the engine is converged to the model (`converge`), so a run
-//! with nothing changed changes nothing and says so, and a changed image or
-//! setting rolls each replica in turn, back to the previous containers if a
-//! new one does not become healthy. Migrations run first, as a one-off
-//! container that must exit 0.
+//! Idempotent: the engine is converged to the model (`infra`, `converge`),
+//! so a run with nothing changed changes nothing and says so, and a changed
+//! image or setting rolls each replica in turn, back to the previous
+//! containers if a new one does not become healthy. Migrations run once the
+//! infrastructure is healthy and before any replica, as a one-off container
+//! that must exit 0.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,7 +23,7 @@ use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, RestartPoli
 
 use super::converge::{self, Apply, Desired, Running, Servers};
 use super::image::GATEWAY_CONF_DIR;
-use super::{Engine, LABEL_PROJECT, LABEL_SERVICE, Spec};
+use super::{Engine, LABEL_PROJECT, LABEL_SERVICE, Spec, infra};
 use crate::environment::{Environment, Kind, vars};
 use crate::progress::{Event, Progress};
 use crate::{backing, build, containers, render, secrets, tools};
@@ -58,18 +61,20 @@ pub fn run(
     debug: bool,
     progress: &Progress,
 ) -> anyhow::Result<()> {
-    if environment.model.kind != Kind::Local {
+    if environment.model.kind == Kind::Kubernetes {
         bail!(
-            "deploying environment `{}` ({}) to the Docker engine needs its infrastructure in containers, which \
-             this toolkit does not create yet; `--containers` deploys environments whose Postgres, Redis and \
-             RabbitMQ are external (kind = \"local\")",
+            "environment `{}` is a kubernetes one: render it with `cargo xtask render --env {}` and apply the \
+             manifests; `deploy` runs local and compose environments",
             environment.name,
-            environment.model.kind
+            environment.name
         );
     }
     let started = Instant::now();
-    progress.step("checking the external infrastructure");
-    backing::require(&environment.backing_services().map_err(anyhow::Error::msg)?)?;
+    let external = environment.external_backing_services().map_err(anyhow::Error::msg)?;
+    if !external.is_empty() {
+        progress.step("checking the external infrastructure");
+        backing::require(&external)?;
+    }
     let engine = Engine::connect()?;
     let image = match image {
         Some(image) => image.to_owned(),
@@ -79,9 +84,13 @@ pub fn run(
             build::build_offline(&engine, root, &binary, debug, uid, progress)?.image
         }
     };
-    let (secrets, _) = secrets::load_or_generate(&root.join(secrets::FILE), &environment.model.secrets.supplied)?;
+    let (secrets, _) =
+        secrets::load_or_generate(&secrets_file(root, environment), &environment.model.secrets.supplied)?;
     let secret = |name: &str| secrets.get(name).unwrap_or_default().to_owned();
     let project = project(environment);
+    // Before anything of the platform: an image that cannot be pulled
+    // stops the deploy here, and migrations need a healthy database.
+    let infra_changed = infra::converge(&engine, environment, &project, &secret, progress)?;
 
     let nginx = tools::require(&tools::NGINX)?;
     let gateway_image = build::build_gateway(&engine, &nginx, environment.model.platform.build.uid, progress)?.image;
@@ -94,7 +103,7 @@ pub fn run(
         .filter_map(Running::from_summary)
         .collect();
     let plan = converge::plan(&desired, &actual);
-    if !converge::changes(&plan) && gateway.is_current()? {
+    if !infra_changed && !converge::changes(&plan) && gateway.is_current()? {
         record(root, &project, &image)?;
         progress.emit(Event::NothingToDo { project: project.clone(), image: image.clone() });
         return finish(&engine, progress, project, image, false, &gateway.url);
@@ -592,7 +601,7 @@ pub fn desired(environment: &Environment, image: &str, secret: &dyn Fn(&str) -> 
     let mut desired = Vec::new();
     let roles = environment.services().map(|w| ("serve", w)).chain(environment.workers().map(|w| ("worker", w)));
     for (verb, (name, workload)) in roles {
-        let env: Vec<(String, String)> = vars::local_process(environment, workload.port, secret)
+        let env: Vec<(String, String)> = process_env(environment, workload.port, secret)
             .into_iter()
             .filter(|(key, _)| key != "PORT")
             .map(|(key, value)| match key.as_str() {
@@ -636,7 +645,7 @@ fn migrate(
             .chain(targets)
             .chain(["--create-database".to_owned()])
             .collect(),
-        env: vars::local_process(environment, 0, secret),
+        env: process_env(environment, 0, secret),
         labels: BTreeMap::from([
             (LABEL_PROJECT.to_owned(), project.to_owned()),
             (LABEL_SERVICE.to_owned(), "migrate".to_owned()),

@@ -12,6 +12,8 @@ pub mod deploy;
 pub mod dockerfile;
 #[cfg(test)]
 mod e2e;
+#[cfg(test)]
+mod e2e_infra;
 pub mod image;
 pub mod infra;
 mod resources;
