@@ -20,8 +20,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
-use crate::docker::{Engine, dockerfile};
 use crate::docker::image::{Offline, Program};
+use crate::docker::{Engine, dockerfile};
 use crate::progress::{Event, Progress};
 use crate::{environment, process};
 
@@ -171,6 +171,7 @@ pub fn build_dockerfile(
 ) -> anyhow::Result<Built> {
     progress.step(format!("rendering the Dockerfile of `{}` and packing the workspace", environment.name));
     let (text, context) = dockerfile::rendered_context(root, environment)?;
+    progress.step(format!("the build context: {:.1} MB", context.len() as f64 / 1e6));
     let revision = git(root, &["rev-parse", "HEAD"])?;
     let dirty = !git(root, &["status", "--porcelain"])?.is_empty();
     let tag = image_tag(&revision, dirty, false);

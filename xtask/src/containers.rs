@@ -136,17 +136,18 @@ impl Down {
     pub fn run(&self, root: &Path) -> anyhow::Result<()> {
         let project = self.target.project(root)?;
         let engine = Engine::connect()?;
-        let removed = down(&engine, &project, self.volumes)?;
         let labels = BTreeMap::from([(LABEL_PROJECT.to_owned(), project.clone())]);
-        // What `down` left: the volumes unless --volumes, to say so.
-        let kept = engine.volumes(&labels)?;
-        if removed.is_empty() {
+        let volumes = engine.volumes(&labels)?;
+        let removed = down(&engine, &project, self.volumes)?;
+        if removed.is_empty() && (volumes.is_empty() || !self.volumes) {
             println!("no container of project `{project}`: nothing to do");
-        } else {
+        } else if !removed.is_empty() {
             println!("removed {} containers of project `{project}`: {}", removed.len(), removed.join(", "));
         }
-        if !kept.is_empty() {
-            println!("kept its volumes (`down --volumes` removes them): {}", kept.join(", "));
+        match (self.volumes, volumes.is_empty()) {
+            (_, true) => {}
+            (true, false) => println!("removed its volumes: {}", volumes.join(", ")),
+            (false, false) => println!("kept its volumes (`down --volumes` removes them): {}", volumes.join(", ")),
         }
         Ok(())
     }

@@ -223,7 +223,7 @@ fn a_redis_container_is_gated_on_health_kept_replaced_on_its_volume_and_taken_do
     let health = inspected.state.as_ref().and_then(|s| s.health.as_ref()).and_then(|h| h.status);
     assert_eq!(health.map(|h| h.to_string()).as_deref(), Some("healthy"));
     let labels = BTreeMap::from([(LABEL_PROJECT.to_owned(), project.clone())]);
-    assert_eq!(engine.volumes(&labels).unwrap(), [volume.clone()]);
+    assert_eq!(engine.volumes(&labels).unwrap(), std::slice::from_ref(&volume));
     let mounts = inspected.mounts.clone().unwrap_or_default();
     assert!(mounts.iter().any(|m| m.name.as_deref() == Some(volume.as_str())), "{mounts:?}");
     // The password is required, and never on the command line.
@@ -248,7 +248,7 @@ fn a_redis_container_is_gated_on_health_kept_replaced_on_its_volume_and_taken_do
     assert_ne!(replaced.id, inspected.id, "a new setting means a new container");
     assert_eq!(redis_cli(port, Some(&password), &["CONFIG", "GET", "maxmemory"]), "maxmemory\n33554432");
     assert_eq!(redis_cli(port, Some(&password), &["GET", "freedumb:e2e"]), "kept", "the key survived the replacement");
-    assert_eq!(engine.volumes(&labels).unwrap(), [volume.clone()]);
+    assert_eq!(engine.volumes(&labels).unwrap(), std::slice::from_ref(&volume));
 
     // `down --volumes`: no container, no volume.
     let removed = containers::down(&engine, &project, true).unwrap();
