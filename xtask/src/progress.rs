@@ -86,6 +86,7 @@ pub enum Event {
         image: String,
         id: String,
         size: i64,
+        #[serde(serialize_with = "millis")]
         seconds: f64,
     },
     MigrateStarted {
@@ -94,6 +95,7 @@ pub enum Event {
     },
     MigrateFinished {
         container: String,
+        #[serde(serialize_with = "millis")]
         seconds: f64,
     },
     Plan {
@@ -115,6 +117,7 @@ pub enum Event {
         service: String,
         replica: u32,
         container: String,
+        #[serde(serialize_with = "millis")]
         seconds: f64,
     },
     ReplicaFailed {
@@ -133,6 +136,7 @@ pub enum Event {
         service: String,
         replica: u32,
         container: String,
+        #[serde(serialize_with = "millis")]
         seconds: f64,
     },
     Removed {
@@ -158,12 +162,14 @@ pub enum Event {
     GatewayReloaded {
         container: String,
         upstreams: String,
+        #[serde(serialize_with = "millis")]
         seconds: f64,
     },
     GatewayReplaced {
         old: String,
         new: String,
         image: String,
+        #[serde(serialize_with = "millis")]
         seconds: f64,
     },
     NothingToDo {
@@ -173,6 +179,7 @@ pub enum Event {
     Converged {
         project: String,
         image: String,
+        #[serde(serialize_with = "millis")]
         seconds: f64,
     },
     ImagePulling {
@@ -181,6 +188,7 @@ pub enum Event {
     },
     ImagePulled {
         image: String,
+        #[serde(serialize_with = "millis")]
         seconds: f64,
     },
     NetworkCreated {
@@ -204,6 +212,7 @@ pub enum Event {
     InfraHealthy {
         service: String,
         container: String,
+        #[serde(serialize_with = "millis")]
         seconds: f64,
     },
     InfraUnchanged {
@@ -214,6 +223,11 @@ pub enum Event {
         service: String,
         container: String,
     },
+}
+
+/// Durations to the millisecond: more is noise.
+fn millis<S: serde::Serializer>(seconds: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64((seconds * 1000.0).round() / 1000.0)
 }
 
 impl Event {
@@ -295,17 +309,24 @@ impl Event {
         }
     }
 
-    /// The service bar this event moves, and whether it completes a
-    /// replica's change.
-    fn service(&self) -> Option<(&str, bool)> {
-        match self {
-            Event::ReplicaStarting { service, .. }
-            | Event::TrafficSwitched { service, .. }
-            | Event::ReplicaFailed { service, .. }
-            | Event::RolledBack { service, .. } => Some((service.as_str(), false)),
-            Event::ReplicaHealthy { service, .. } | Event::Removed { service, .. } => Some((service.as_str(), true)),
-            _ => None,
-        }
+    /// The service bar this event moves: the service, the bar's short
+    /// message, and whether it completes a replica's change.
+    fn service(&self) -> Option<(&str, String, bool)> {
+        let (service, replica, what, done) = match self {
+            Event::ReplicaStarting { service, replica, container, .. } => {
+                (service, replica, format!("starting {container}"), false)
+            }
+            Event::ReplicaHealthy { service, replica, seconds, .. } => {
+                (service, replica, format!("healthy after {seconds:.1} s"), true)
+            }
+            Event::TrafficSwitched { service, replica, .. } => (service, replica, "traffic switched".to_owned(), false),
+            Event::OldStopped { service, replica, .. } => (service, replica, "old one drained".to_owned(), false),
+            Event::ReplicaFailed { service, replica, .. } => (service, replica, "FAILED".to_owned(), false),
+            Event::RolledBack { service, replica, .. } => (service, replica, "rolled back".to_owned(), false),
+            Event::Removed { service, replica, .. } => (service, replica, "removed".to_owned(), true),
+            _ => return None,
+        };
+        Some((service.as_str(), format!("replica {replica}: {what}"), done))
     }
 }
 
@@ -352,7 +373,8 @@ impl Progress {
     }
 
     /// Plain lines on stderr, terminal or not: for tests, which run many
-    /// at once, and for callers without a `--output`.
+    /// at once.
+    #[cfg(test)]
     pub fn lines() -> Self {
         let started = Instant::now();
         Self::with(Mode::Lines, Box::new(std::io::stderr()), Box::new(move || started.elapsed()))
@@ -470,12 +492,12 @@ impl Progress {
             Event::NothingToDo { .. } | Event::Converged { .. } => bars.phase.set_message("done"),
             _ => {}
         }
-        if let Some((service, done)) = event.service() {
+        if let Some((service, message, done)) = event.service() {
             let bar = self.service_bar(bars, service);
             if done {
                 bar.inc(1);
             }
-            bar.set_message(event.line().trim().trim_start_matches(service).trim().to_owned());
+            bar.set_message(message);
         }
     }
 
@@ -496,12 +518,15 @@ impl Progress {
             .clone()
     }
 
+    /// Takes the bars off the terminal for good (the lines above them
+    /// already tell what happened), before the result is printed.
     fn clear_bars(&self) {
         if let Some(bars) = &self.bars {
-            for bar in bars.services.lock().unwrap_or_else(|p| p.into_inner()).values() {
-                bar.finish();
+            for bar in std::mem::take(&mut *bars.services.lock().unwrap_or_else(|p| p.into_inner())).values() {
+                bar.finish_and_clear();
             }
             bars.phase.finish_and_clear();
+            let _ = bars.multi.clear();
         }
     }
 }
