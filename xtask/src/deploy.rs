@@ -66,13 +66,15 @@ pub struct Deploy {
     /// changed image or setting rolls each replica in turn).
     #[arg(long)]
     containers: bool,
-    /// With --containers: deploy this image instead of building one.
-    #[arg(long, value_name = "IMAGE", requires = "containers")]
+    /// With --containers (or a compose environment): deploy this image
+    /// instead of building one.
+    #[arg(long, value_name = "IMAGE")]
     image: Option<String>,
-    /// With --containers: `json` writes one JSON event per line on stdout,
-    /// the last a summary (the schema is in xtask/src/progress.rs); `text`
-    /// shows progress bars on a terminal and plain lines elsewhere.
-    #[arg(long, value_enum, default_value = "text", requires = "containers")]
+    /// With --containers (or a compose environment): `json` writes one JSON
+    /// event per line on stdout, the last a summary (the schema is in
+    /// xtask/src/progress.rs); `text` shows progress bars on a terminal and
+    /// plain lines elsewhere.
+    #[arg(long, value_enum, default_value = "text")]
     output: crate::build::Output,
 }
 
@@ -115,6 +117,9 @@ impl Deploy {
                 progress.fail(err);
             }
             return result;
+        }
+        if self.image.is_some() || self.output == crate::build::Output::Json {
+            bail!("--image and --output json are for container deploys: add --containers");
         }
         if environment.model.kind != Kind::Local {
             bail!(
