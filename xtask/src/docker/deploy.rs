@@ -24,7 +24,7 @@ use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, RestartPoli
 use super::converge::{self, Apply, Desired, Running, Servers};
 use super::image::GATEWAY_CONF_DIR;
 use super::{Engine, LABEL_PROJECT, LABEL_SERVICE, Spec, infra};
-use crate::environment::{Environment, Kind, vars};
+use crate::environment::{Environment, Kind, SecretSource, vars};
 use crate::progress::{Event, Progress};
 use crate::{backing, build, containers, render, secrets, tools};
 
@@ -86,7 +86,14 @@ pub fn run(
     };
     let (secrets, _) =
         secrets::load_or_generate(&secrets_file(root, environment), &environment.model.secrets.supplied)?;
-    let secret = |name: &str| secrets.get(name).unwrap_or_default().to_owned();
+    // As compose does for a shared environment (`source = "environment"`),
+    // a secret set in the environment of this command wins; the generated
+    // file fills in the others.
+    let from_environment = environment.model.secrets.source == SecretSource::Environment;
+    let secret = |name: &str| match std::env::var(name) {
+        Ok(value) if from_environment && !value.is_empty() => value,
+        _ => secrets.get(name).unwrap_or_default().to_owned(),
+    };
     let project = project(environment);
     // Before anything of the platform: an image that cannot be pulled
     // stops the deploy here, and migrations need a healthy database.
