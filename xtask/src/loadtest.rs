@@ -158,12 +158,7 @@ impl Loadtest {
             (None, Target::Platform) => platform_url.clone(),
         };
         require_loopback(&target)?;
-        let metrics_urls = match (self.metrics_urls.as_slice(), &self.host) {
-            ([], Some(host)) => vec![format!("{}/metrics", host.trim_end_matches('/'))],
-            ([], None) => deployment_metrics(&environment, host)?,
-            (urls, _) => urls.to_vec(),
-        };
-        for url in &metrics_urls {
+        for url in &self.metrics_urls {
             require_loopback(url)?;
         }
 
@@ -202,6 +197,17 @@ impl Loadtest {
                 "cargo built loadtests, but {} does not exist; set CARGO_TARGET_DIR rather than build.target-dir",
                 binary.display()
             );
+        }
+
+        // Looked for after the build, which can take minutes: a rollout in
+        // the meantime moves replicas to other ports.
+        let metrics_urls = match (self.metrics_urls.as_slice(), &self.host) {
+            ([], Some(host)) => vec![format!("{}/metrics", host.trim_end_matches('/'))],
+            ([], None) => deployment_metrics(&environment, host)?,
+            (urls, _) => urls.to_vec(),
+        };
+        for url in &metrics_urls {
+            require_loopback(url)?;
         }
 
         if self.benchmark {
@@ -397,7 +403,7 @@ fn deployment_metrics(environment: &Environment, host: IpAddr) -> anyhow::Result
     match Engine::connect().and_then(|engine| engine.containers(&labels)) {
         Ok(containers) => {
             for replica in containers.iter().filter_map(Running::from_summary).filter(|r| r.running) {
-                let what = format!("{} replica {}, container {}", replica.service, replica.replica, replica.name);
+                let what = format!("{}, container {}", replica.service, replica.name);
                 candidates.push((replica.port, what));
             }
         }
@@ -440,7 +446,7 @@ fn deployment_metrics(environment: &Environment, host: IpAddr) -> anyhow::Result
 fn short_error(err: &ureq::Error) -> String {
     match err {
         ureq::Error::Status(code, _) => format!("answered {code}"),
-        ureq::Error::Transport(transport) => transport.kind().to_string(),
+        ureq::Error::Transport(transport) => format!("no answer ({})", transport.kind().to_string().to_lowercase()),
     }
 }
 
