@@ -86,10 +86,27 @@ impl Engine {
     }
 
     /// Creates the bridge network `name` with `subnet` unless it exists;
-    /// whether it created it.
+    /// whether it created it. One that exists with another subnet is an
+    /// error: its containers would have to move to a new one.
     pub fn ensure_network(&self, name: &str, subnet: &str, labels: &BTreeMap<String, String>) -> anyhow::Result<bool> {
         match self.runtime.block_on(self.docker.inspect_network(name, None)) {
-            Ok(_) => return Ok(false),
+            Ok(network) => {
+                let subnets: Vec<String> = network
+                    .ipam
+                    .and_then(|ipam| ipam.config)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|config| config.subnet)
+                    .collect();
+                if !subnets.iter().any(|s| s == subnet) {
+                    bail!(
+                        "network {name} exists with subnet {}, but the environment says {subnet}; take the \
+                         deployment down (`cargo xtask down`, which removes the network) and deploy again",
+                        subnets.join(", ")
+                    );
+                }
+                return Ok(false);
+            }
             Err(err) if not_found(&err) => {}
             Err(err) => return Err(err).with_context(|| format!("failed to inspect network {name}")),
         }
