@@ -221,7 +221,7 @@ const STOP_TIMEOUT_SECS: i64 = 35;
 pub type Servers = BTreeMap<String, Vec<String>>;
 
 /// Points the gateway at the given replicas (see `Apply::switch`).
-pub type Switch<'a> = &'a mut dyn FnMut(&Servers) -> anyhow::Result<()>;
+pub type Switch<'a> = &'a mut dyn FnMut(&Servers) -> anyhow::Result<bool>;
 
 /// Options of `apply`.
 pub struct Apply<'a> {
@@ -231,7 +231,8 @@ pub struct Apply<'a> {
     /// Where each replica's steps are reported.
     pub progress: &'a Progress,
     /// Points the gateway at these replicas, and returns once it sends new
-    /// requests only there. Called after a new replica is healthy and before
+    /// requests only there: true, or false when no gateway runs yet (it
+    /// starts once every routed service has a replica). Called after a new replica is healthy and before
     /// the one it replaces is stopped, so no request reaches a stopped
     /// replica.
     pub switch: Option<Switch<'a>>,
@@ -260,10 +261,11 @@ impl Serving {
     }
 }
 
-fn switch(apply: &mut Apply<'_>, serving: &Serving) -> anyhow::Result<()> {
+/// Whether a gateway now routes to `serving` (false when none runs yet).
+fn switch(apply: &mut Apply<'_>, serving: &Serving) -> anyhow::Result<bool> {
     match apply.switch.as_mut() {
         Some(switch) => switch(&serving.servers()),
-        None => Ok(()),
+        None => Ok(false),
     }
 }
 
@@ -297,12 +299,13 @@ pub fn apply(engine: &Engine, plan: &[Action], apply: &mut Apply<'_>) -> anyhow:
             }
             Action::Create(want) => start(engine, apply, want, 0).and_then(|(name, port)| {
                 serving.set(&want.service, want.replica, Some(port));
-                switch(apply, &serving)?;
-                apply.progress.emit(Event::TrafficSwitched {
-                    service: want.service.clone(),
-                    replica: want.replica + 1,
-                    container: name,
-                });
+                if switch(apply, &serving)? {
+                    apply.progress.emit(Event::TrafficSwitched {
+                        service: want.service.clone(),
+                        replica: want.replica + 1,
+                        container: name,
+                    });
+                }
                 Ok(())
             }),
             Action::Replace { old, new } => {
@@ -310,12 +313,13 @@ pub fn apply(engine: &Engine, plan: &[Action], apply: &mut Apply<'_>) -> anyhow:
                 start(engine, apply, new, slot).and_then(|(name, port)| {
                     replaced.push((name.clone(), old.clone(), port));
                     serving.set(&new.service, new.replica, Some(port));
-                    switch(apply, &serving)?;
-                    apply.progress.emit(Event::TrafficSwitched {
-                        service: new.service.clone(),
-                        replica: new.replica + 1,
-                        container: name,
-                    });
+                    if switch(apply, &serving)? {
+                        apply.progress.emit(Event::TrafficSwitched {
+                            service: new.service.clone(),
+                            replica: new.replica + 1,
+                            container: name,
+                        });
+                    }
                     // Stopped, not removed: a rollback starts it again.
                     // SIGTERM: it drains its open requests first.
                     let stopping = Instant::now();
@@ -332,7 +336,7 @@ pub fn apply(engine: &Engine, plan: &[Action], apply: &mut Apply<'_>) -> anyhow:
             Action::Remove(running) => {
                 serving.set(&running.service, running.replica, None);
                 switch(apply, &serving)
-                    .and_then(|()| engine.stop(&running.name, STOP_TIMEOUT_SECS as i32))
+                    .and_then(|_| engine.stop(&running.name, STOP_TIMEOUT_SECS as i32))
                     .and_then(|()| engine.remove(&running.name, true))
                     .map(|()| {
                         apply.progress.emit(Event::Removed {
@@ -412,7 +416,7 @@ fn roll_back(
                 serving.set(&old.service, old.replica, Some(old.port));
                 switch(apply, serving)
             })
-            .and_then(|()| engine.stop(new, STOP_TIMEOUT_SECS as i32))
+            .and_then(|_| engine.stop(new, STOP_TIMEOUT_SECS as i32))
             .and_then(|()| engine.remove(new, true));
         match result {
             Ok(()) => apply.progress.emit(Event::RolledBack {

@@ -289,8 +289,8 @@ impl<'a> Gateway<'a> {
     /// Renders the upstreams `servers` and makes the gateway use them:
     /// started if it does not run (once every routed service has a replica),
     /// reloaded if it runs this image, replaced without closing the port if
-    /// it runs another.
-    pub fn switch(&mut self, servers: &Servers) -> anyhow::Result<()> {
+    /// it runs another. Whether a gateway now routes to `servers`.
+    pub fn switch(&mut self, servers: &Servers) -> anyhow::Result<bool> {
         let routed: Vec<&str> =
             self.environment.services().filter(|(_, w)| !w.routes.is_empty()).map(|(name, _)| name).collect();
         let complete = routed.iter().all(|service| servers.get(*service).is_some_and(|s| !s.is_empty()));
@@ -299,7 +299,7 @@ impl<'a> Gateway<'a> {
             Change::Reload { current, extra } => {
                 let files = render::render_gateway(self.root, self.environment, servers, &current.name)?;
                 if extra.is_empty() && self.rendered.as_ref() == Some(&files) {
-                    return Ok(());
+                    return Ok(true);
                 }
                 for instance in extra {
                     self.retire(instance)?;
@@ -315,14 +315,14 @@ impl<'a> Gateway<'a> {
                     upstreams: version.unwrap_or_default(),
                     seconds: started.elapsed().as_secs_f64(),
                 });
-                Ok(())
+                Ok(true)
             }
             Change::Replace { slot, old, extra } => {
                 if !complete && old.is_none() {
                     // Nothing serves yet: wait for a replica of every routed service.
-                    return Ok(());
+                    return Ok(false);
                 }
-                self.replace(servers, slot, old, extra)
+                self.replace(servers, slot, old, extra).map(|()| true)
             }
         }
     }

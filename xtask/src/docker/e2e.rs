@@ -489,9 +489,16 @@ fn a_new_gateway_image_takes_over_the_port_under_load_without_a_failed_request()
     // and the replicas stay as they are.
     let replicas = serving(&engine, &project);
     let load = Load::start(&url);
+    let started = Instant::now();
     super::deploy::run(&root, &environment, Some(&built.image), true, &progress)
         .unwrap_or_else(|err| panic!("{err:#}"));
+    let deployed = started.elapsed();
     let (served, failures) = load.stop();
+    eprintln!(
+        "deploy that replaced the gateway back: {:.2} s; {served} requests served through it, {} failed",
+        deployed.as_secs_f64(),
+        failures.len()
+    );
     assert_none_failed("the deploy that replaced the gateway back", served, &failures);
     let back = gateways(&project);
     assert!(matches!(back.as_slice(), [(_, image, _)] if *image == first[0].1), "{back:?}");
