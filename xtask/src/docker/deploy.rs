@@ -718,6 +718,26 @@ mod tests {
     }
 
     #[test]
+    fn only_the_container_gateway_listens_with_reuseport_and_names_itself() {
+        let root = crate::project_root();
+        let environment = crate::environment::load(&root, "test").unwrap();
+        let servers = Servers::from([("auth".to_owned(), vec!["127.0.0.1:17001".to_owned()])]);
+        let files = render::render_gateway(&root, &environment, &servers, "p-gateway-b").unwrap();
+        let conf = &files["nginx.conf"];
+        let listens: Vec<&str> = conf.lines().filter(|line| line.trim_start().starts_with("listen ")).collect();
+        assert!(!listens.is_empty() && listens.iter().all(|line| line.ends_with(" reuseport;")), "{listens:?}");
+        assert!(conf.contains(r#"add_header X-Gateway-Instance "p-gateway-b" always;"#), "{conf}");
+
+        // Every other rendering: a second nginx on the port must fail to start.
+        for name in ["local", "dev", "test"] {
+            let environment = crate::environment::load(&root, name).unwrap();
+            let files = render::render(&root, &environment, render::context::Upstreams::Deployed).unwrap();
+            let conf = &files["nginx/nginx.conf"];
+            assert!(conf.contains("listen ") && !conf.contains("reuseport"), "{name}: {conf}");
+        }
+    }
+
+    #[test]
     fn a_gateway_from_before_slots_is_the_old_one_and_slot_a_takes_over() {
         let found = [gateway("p-gateway", None, "g:1", true)];
         assert_eq!(change(&found, "g:1"), Change::Replace { slot: 0, old: Some(&found[0]), extra: vec![] });
