@@ -221,7 +221,11 @@ const STOP_TIMEOUT_SECS: i64 = 35;
 pub type Servers = BTreeMap<String, Vec<String>>;
 
 /// Points the gateway at the given replicas (see `Apply::switch`).
-pub type Switch<'a> = &'a mut dyn FnMut(&Servers) -> anyhow::Result<bool>;
+pub type Switch<'a> = &'a mut dyn FnMut(&Servers) -> anyhow::Result<Routed>;
+
+/// The services a gateway routes to once switched: none when no gateway
+/// runs yet, never a worker.
+pub type Routed = std::collections::BTreeSet<String>;
 
 /// Options of `apply`.
 pub struct Apply<'a> {
@@ -231,8 +235,8 @@ pub struct Apply<'a> {
     /// Where each replica's steps are reported.
     pub progress: &'a Progress,
     /// Points the gateway at these replicas, and returns once it sends new
-    /// requests only there: true, or false when no gateway runs yet (it
-    /// starts once every routed service has a replica). Called after a new replica is healthy and before
+    /// requests only there: the services it routes, none when no gateway
+    /// runs yet (it starts once every routed service has a replica). Called after a new replica is healthy and before
     /// the one it replaces is stopped, so no request reaches a stopped
     /// replica.
     pub switch: Option<Switch<'a>>,
@@ -261,11 +265,11 @@ impl Serving {
     }
 }
 
-/// Whether a gateway now routes to `serving` (false when none runs yet).
-fn switch(apply: &mut Apply<'_>, serving: &Serving) -> anyhow::Result<bool> {
+/// The services a gateway now routes to `serving`.
+fn switch(apply: &mut Apply<'_>, serving: &Serving) -> anyhow::Result<Routed> {
     match apply.switch.as_mut() {
         Some(switch) => switch(&serving.servers()),
-        None => Ok(false),
+        None => Ok(Routed::new()),
     }
 }
 
@@ -299,7 +303,7 @@ pub fn apply(engine: &Engine, plan: &[Action], apply: &mut Apply<'_>) -> anyhow:
             }
             Action::Create(want) => start(engine, apply, want, 0).and_then(|(name, port)| {
                 serving.set(&want.service, want.replica, Some(port));
-                if switch(apply, &serving)? {
+                if switch(apply, &serving)?.contains(&want.service) {
                     apply.progress.emit(Event::TrafficSwitched {
                         service: want.service.clone(),
                         replica: want.replica + 1,
@@ -313,7 +317,7 @@ pub fn apply(engine: &Engine, plan: &[Action], apply: &mut Apply<'_>) -> anyhow:
                 start(engine, apply, new, slot).and_then(|(name, port)| {
                     replaced.push((name.clone(), old.clone(), port));
                     serving.set(&new.service, new.replica, Some(port));
-                    if switch(apply, &serving)? {
+                    if switch(apply, &serving)?.contains(&new.service) {
                         apply.progress.emit(Event::TrafficSwitched {
                             service: new.service.clone(),
                             replica: new.replica + 1,

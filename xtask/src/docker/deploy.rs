@@ -289,17 +289,21 @@ impl<'a> Gateway<'a> {
     /// Renders the upstreams `servers` and makes the gateway use them:
     /// started if it does not run (once every routed service has a replica),
     /// reloaded if it runs this image, replaced without closing the port if
-    /// it runs another. Whether a gateway now routes to `servers`.
-    pub fn switch(&mut self, servers: &Servers) -> anyhow::Result<bool> {
-        let routed: Vec<&str> =
-            self.environment.services().filter(|(_, w)| !w.routes.is_empty()).map(|(name, _)| name).collect();
-        let complete = routed.iter().all(|service| servers.get(*service).is_some_and(|s| !s.is_empty()));
+    /// it runs another. The services it now routes (none while it waits).
+    pub fn switch(&mut self, servers: &Servers) -> anyhow::Result<converge::Routed> {
+        let routed: converge::Routed = self
+            .environment
+            .services()
+            .filter(|(_, w)| !w.routes.is_empty())
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let complete = routed.iter().all(|service| servers.get(service).is_some_and(|s| !s.is_empty()));
         let found = self.instances()?;
         match change(&found, &self.image) {
             Change::Reload { current, extra } => {
                 let files = render::render_gateway(self.root, self.environment, servers, &current.name)?;
                 if extra.is_empty() && self.rendered.as_ref() == Some(&files) {
-                    return Ok(true);
+                    return Ok(routed);
                 }
                 for instance in extra {
                     self.retire(instance)?;
@@ -315,14 +319,14 @@ impl<'a> Gateway<'a> {
                     upstreams: version.unwrap_or_default(),
                     seconds: started.elapsed().as_secs_f64(),
                 });
-                Ok(true)
+                Ok(routed)
             }
             Change::Replace { slot, old, extra } => {
                 if !complete && old.is_none() {
                     // Nothing serves yet: wait for a replica of every routed service.
-                    return Ok(false);
+                    return Ok(converge::Routed::new());
                 }
-                self.replace(servers, slot, old, extra).map(|()| true)
+                self.replace(servers, slot, old, extra).map(|()| routed)
             }
         }
     }
