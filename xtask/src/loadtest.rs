@@ -383,10 +383,10 @@ struct Invocation<'a> {
 }
 
 /// Every process of `environment`'s deployment that answers `/metrics`, for
-/// the cross-check: the platform port (`cargo xtask deploy` runs one
-/// process there) and each running replica container of the environment's
-/// project (`deploy --containers` runs one per replica, on the port its
-/// labels name). Nothing that is not running is scraped, and idle
+/// the cross-check: the platform port and each worker's port (`cargo xtask
+/// deploy` runs `freedumb serve` on the one and each worker on its own), and
+/// each running replica container of the environment's project (`deploy
+/// --containers` runs one per replica, on the port its labels name). Nothing that is not running is scraped, and idle
 /// processes add nothing to the run's counts, so both kinds are looked for
 /// and whichever answers counts. Candidates that do not answer are named in
 /// a note; none answering is an error.
@@ -394,6 +394,9 @@ fn deployment_metrics(environment: &Environment, host: IpAddr) -> anyhow::Result
     let mut candidates: Vec<(u16, String)> = Vec::new();
     if let Some(port) = environment.model.platform.port {
         candidates.push((port, "`freedumb serve` on platform.port".to_owned()));
+    }
+    for (name, worker) in environment.workers() {
+        candidates.push((worker.port, format!("`freedumb worker {name}`")));
     }
     let project = crate::docker::deploy::project(environment);
     let mut notes = Vec::new();
@@ -649,14 +652,20 @@ mod tests {
         local.name = format!("loadtest-unit-{}", std::process::id());
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-        // `cargo xtask deploy`: one process on the platform port.
-        let port = answering(1);
-        local.model.platform.port = Some(port);
-        let urls = deployment_metrics(&local, loopback).unwrap();
-        assert_eq!(urls, [format!("http://127.0.0.1:{port}/metrics")]);
+        // `cargo xtask deploy`: `freedumb serve` on the platform port, and
+        // the recurring worker on its own.
+        let (serve, worker) = (answering(1), answering(1));
+        local.model.platform.port = Some(serve);
+        local.model.workers.get_mut("recurring").unwrap().port = worker;
+        let mut urls = deployment_metrics(&local, loopback).unwrap();
+        urls.sort();
+        let mut expected = [serve, worker].map(|port| format!("http://127.0.0.1:{port}/metrics"));
+        expected.sort();
+        assert_eq!(urls, expected);
 
         // Nothing deployed: an error that says what to do.
         local.model.platform.port = Some(free_port());
+        local.model.workers.get_mut("recurring").unwrap().port = free_port();
         let err = deployment_metrics(&local, loopback).unwrap_err().to_string();
         assert!(err.starts_with(&format!("no process of environment `{}` answers /metrics", local.name)), "{err}");
         assert!(err.contains(&format!("cargo xtask deploy --env {}", local.name)), "{err}");
