@@ -503,4 +503,13 @@ fn a_new_gateway_image_takes_over_the_port_under_load_without_a_failed_request()
     let back = gateways(&project);
     assert!(matches!(back.as_slice(), [(_, image, _)] if *image == first[0].1), "{back:?}");
     assert_eq!(serving(&engine, &project), replicas, "no replica was touched");
+
+    // A gateway that cannot share the port (another user: the kernel keeps
+    // a reuseport group to one uid) exits; the one serving stays, alone.
+    let other_uid = crate::build::build_gateway(&engine, &nginx, uid + 1, &progress).unwrap();
+    let mut gateway = super::deploy::Gateway::new(&engine, &root, &environment, &project, other_uid.image, &progress);
+    let err = format!("{:#}", gateway.switch(&serving(&engine, &project)).unwrap_err());
+    assert!(err.contains("did not take over") && err.contains(&format!("{} goes on serving", back[0].0)), "{err}");
+    assert_eq!(gateways(&project), back, "the gateway that served before is the only one");
+    assert_eq!(ureq::get(&format!("{url}/health")).call().map(|r| r.status()).ok(), Some(200));
 }
