@@ -705,6 +705,30 @@ mod tests {
         assert!(infra[1].health[1].starts_with("[ \"$(REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli ping)\" = PONG ]"));
     }
 
+    /// On the host's network (a local environment) Redis listens on its own
+    /// address and port, publishes nothing and has no alias; the external
+    /// Postgres and RabbitMQ get no container.
+    #[test]
+    fn test_infra_runs_redis_alone_on_the_host_network_at_its_address_and_port() {
+        let root = crate::project_root();
+        let environment = crate::environment::load(&root, "test-infra").unwrap();
+        let network = Networking::of(&environment, "p");
+        assert_eq!(network, Networking::Host);
+
+        let infra = desired(&environment, "p", &network, &|name| format!("value of {name}"));
+
+        let [redis] = infra.as_slice() else { panic!("{infra:?}") };
+        assert_eq!((redis.service, redis.container.as_str()), ("redis", "p-redis"));
+        assert_eq!(redis.image, "freedumb-test-redis:offline");
+        let command = redis.command.clone().unwrap().join(" ");
+        assert!(command.ends_with("--maxmemory 64mb --maxmemory-policy allkeys-lru --bind 127.0.0.1 --port 16379"));
+        assert!(!command.contains("value of"), "the password stays out of the command line: {command}");
+        assert_eq!(redis.env, [("REDIS_PASSWORD".to_owned(), "value of REDIS_PASSWORD".to_owned())]);
+        assert!(redis.health[1].contains("redis-cli -h 127.0.0.1 -p 16379 ping"), "{:?}", redis.health);
+        assert_eq!((redis.volume.as_str(), redis.mount), ("p_redis_data", "/data"));
+        assert!(redis.published.is_empty() && redis.alias.is_none());
+    }
+
     #[test]
     fn on_a_bridge_a_container_is_reachable_by_its_alias_and_published_on_loopback_only() {
         let mut redis = infra("redis", "redis:7-alpine");
