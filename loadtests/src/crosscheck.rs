@@ -29,6 +29,9 @@ pub struct Snapshot {
     pub resident_memory_bytes: Option<f64>,
 }
 
+/// Figures per (method, route template).
+pub type Routes = HashMap<(String, String), RouteFigures>;
+
 #[derive(Debug, Default, Clone)]
 pub struct RouteFigures {
     pub requests: f64,

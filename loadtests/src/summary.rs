@@ -17,7 +17,7 @@ use goose::metrics::{GooseMetrics, GooseRequestMetricTimingData};
 use goose::threshold::ThresholdResult;
 use serde::{Deserialize, Serialize};
 
-use crate::crosscheck::{self, ClientFigures, RouteFigures};
+use crate::crosscheck::{self, ClientFigures};
 
 /// One request group's client-side figures.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,7 +166,7 @@ impl Summary {
         target: &str,
         scenario: &str,
         metrics: &GooseMetrics,
-        server: Option<(HashMap<(String, String), RouteFigures>, Vec<String>)>,
+        server: Option<(crosscheck::Routes, Vec<String>)>,
         crosscheck_tolerance: f64,
         server_peak_resident_bytes: Option<u64>,
         baseline: Option<&Baseline>,
