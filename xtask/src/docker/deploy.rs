@@ -303,9 +303,8 @@ impl<'a> Gateway<'a> {
             Change::Reload { current, extra } => {
                 let files = render::render_gateway(self.root, self.environment, servers, &current.name)?;
                 let slot = current.slot.unwrap_or_default();
-                // What an earlier deploy wrote is what the container loaded:
-                // each reload was confirmed (`wait_answering`).
-                let loaded = self.rendered.as_ref() == Some(&files) || self.on_disk(&files, slot);
+                // An earlier deploy may have had the container load these.
+                let loaded = self.rendered.as_ref() == Some(&files) || self.confirmed(&files, slot);
                 if extra.is_empty() && loaded {
                     self.rendered = Some(files);
                     return Ok(routed);
@@ -318,6 +317,7 @@ impl<'a> Gateway<'a> {
                 self.engine.kill(&current.name, "HUP")?;
                 self.wait_answering(&current.name, version.as_deref())?;
                 std::thread::sleep(RELOAD_SETTLE);
+                self.confirm(&files, slot)?;
                 self.rendered = Some(files);
                 self.progress.emit(Event::GatewayReloaded {
                     container: current.name.clone(),
@@ -377,6 +377,7 @@ impl<'a> Gateway<'a> {
             let serving = old.map_or_else(String::new, |old| format!("; {} goes on serving", old.name));
             return Err(err.context(format!("the new gateway {name} did not take over{serving}")));
         }
+        self.confirm(&files, slot)?;
         self.rendered = Some(files);
         match old {
             Some(old) => {
@@ -400,16 +401,34 @@ impl<'a> Gateway<'a> {
         self.engine.remove(&instance.name, true)
     }
 
-    /// Whether the configuration of `slot` holds exactly `files`.
-    fn on_disk(&self, files: &render::Files, slot: u8) -> bool {
-        let conf = self.slot_dir(slot).join("conf");
-        files.iter().all(|(name, text)| std::fs::read_to_string(conf.join(name)).is_ok_and(|found| found == *text))
+    /// Where the digest of the configuration the container of `slot` was
+    /// seen serving is kept: written only once a new connection was
+    /// answered with it, so a reload nginx refused is never taken as done.
+    fn confirmation(&self, slot: u8) -> std::path::PathBuf {
+        self.slot_dir(slot).join("confirmed")
+    }
+
+    /// Whether the container of `slot` was seen serving `files`.
+    fn confirmed(&self, files: &render::Files, slot: u8) -> bool {
+        std::fs::read_to_string(self.confirmation(slot)).is_ok_and(|found| found.trim() == digest(files))
+    }
+
+    fn confirm(&self, files: &render::Files, slot: u8) -> anyhow::Result<()> {
+        let path = self.confirmation(slot);
+        std::fs::write(&path, digest(files) + "\n").with_context(|| format!("failed to write {}", path.display()))
     }
 
     /// Writes `files` for the container of `slot`: their upstreams' version.
     fn write(&self, files: &render::Files, slot: u8) -> anyhow::Result<Option<String>> {
         let dir = self.slot_dir(slot);
         std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        // Unconfirmed until the container answers with them.
+        match std::fs::remove_file(self.confirmation(slot)) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(err).with_context(|| format!("failed to remove {}", self.confirmation(slot).display()));
+            }
+            _ => {}
+        }
         render::write(files, &dir.join("conf"))?;
         Ok(render::gateway_upstreams_version(files))
     }
@@ -497,6 +516,18 @@ pub const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
 /// new one (see `MIGRATE_REQ`).
 pub fn migrates_queued_connections() -> bool {
     std::fs::read_to_string(MIGRATE_REQ).is_ok_and(|value| value.trim() == "1")
+}
+
+/// FNV-1a over a configuration's file names and contents.
+fn digest(files: &render::Files) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, text) in files {
+        for byte in name.bytes().chain([0]).chain(text.bytes()).chain([0]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
 }
 
 /// The gateway's container suffixes, by slot.
