@@ -513,3 +513,69 @@ fn a_new_gateway_image_takes_over_the_port_under_load_without_a_failed_request()
     assert_eq!(gateways(&project), back, "the gateway that served before is the only one");
     assert_eq!(ureq::get(&format!("{url}/health")).call().map(|r| r.status()).ok(), Some(200));
 }
+
+/// A deployment made before gateway slots has one gateway container,
+/// `<project>-gateway`, listening without `reuseport`: nothing can bind its
+/// port next to it, so the first deploy after the upgrade stops it before
+/// starting its successor (a short outage, said as a warning), and every
+/// replacement after that is seamless.
+#[test]
+fn a_gateway_from_before_slots_is_replaced_once_with_a_warning() {
+    use bollard::models::{ContainerCreateBody, HostConfig};
+
+    let engine = engine();
+    let root = crate::project_root();
+    let environment = moved_test_environment("test-legacy-gateway", 500);
+    let project = super::deploy::project(&environment);
+    let _down = Down(&engine, project.clone());
+    let url = format!("http://127.0.0.1:{}", environment.model.gateway.http_port);
+    let nginx = crate::tools::require(&crate::tools::NGINX).unwrap();
+    let uid = environment.model.platform.build.uid;
+    let image = crate::build::build_gateway(&engine, &nginx, uid, &Progress::lines()).unwrap().image;
+    // Nothing needs to answer behind it: nginx serves /health itself.
+    let servers: Servers = environment
+        .services()
+        .map(|(name, workload)| (name.to_owned(), vec![format!("127.0.0.1:{}", workload.port)]))
+        .collect();
+
+    // The gateway as the toolkit ran it before: no slot, no reuseport.
+    let legacy = format!("{project}-gateway");
+    let dir = root.join(".local").join(&project).join("gateway-before-slots");
+    let mut files = crate::render::render_gateway(&root, &environment, &servers, &legacy).unwrap();
+    let conf = files.get_mut("nginx.conf").unwrap();
+    *conf = conf.replace(" reuseport;", ";");
+    crate::render::write(&files, &dir.join("conf")).unwrap();
+    let body = ContainerCreateBody {
+        image: Some(image.clone()),
+        labels: Some(
+            [(LABEL_PROJECT, project.as_str()), (LABEL_SERVICE, "gateway")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        ),
+        host_config: Some(HostConfig {
+            network_mode: Some("host".to_owned()),
+            binds: Some(vec![format!("{}:{}:ro", dir.display(), super::image::GATEWAY_CONF_DIR)]),
+            tmpfs: Some([("/tmp".to_owned(), "rw,size=64m".to_owned())].into_iter().collect()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    engine.run(&legacy, body).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ureq::get(&format!("{url}/health")).call().is_err() {
+        assert!(Instant::now() < deadline, "{}", engine.last_log_lines(&legacy, 20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (progress, said) = Progress::captured(Mode::Lines);
+    let mut gateway = super::deploy::Gateway::new(&engine, &root, &environment, &project, image.clone(), &progress);
+    gateway.switch(&servers).unwrap_or_else(|err| panic!("{err:#}"));
+
+    assert!(said.text().contains(&format!("{legacy} predates gateway slots")), "{}", said.text());
+    let now = gateways(&project);
+    assert_eq!(now, [(format!("{project}-gateway-a"), image, "running".to_owned())]);
+    let answer = ureq::get(&format!("{url}/health")).call().unwrap();
+    assert_eq!(answer.header(crate::render::GATEWAY_INSTANCE_HEADER), Some(now[0].0.as_str()));
+    let _ = std::fs::remove_dir_all(dir);
+}
