@@ -34,6 +34,9 @@ use crate::{backing, process, tools};
 /// have already run, so this covers connecting to Postgres and Redis.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How long after a child exits we wait for our own Ctrl-C handler to
+/// report the signal that probably made it exit.
+const SIGNAL_GRACE: Duration = Duration::from_millis(500);
 /// `freedumb` drains for up to 30 s (`SHUTDOWN_TIMEOUT_SECS`); a little more
 /// before SIGKILL, so that a clean drain is never cut short.
 const STOP_TIMEOUT: Duration = Duration::from_secs(35);
@@ -291,9 +294,10 @@ impl Deploy {
                     }
                     if let Some((name, status)) = exited {
                         // A Ctrl-C in the terminal reaches the children as
-                        // well, and they may be quicker to exit than we are
-                        // to notice.
-                        if stop_rx.try_recv().is_ok() {
+                        // well, and one may exit (cleanly, having drained)
+                        // before our own handler has said so: give the
+                        // handler a moment before calling it an exit by itself.
+                        if stop_rx.recv_timeout(SIGNAL_GRACE).is_ok() {
                             return stop(&mut processes);
                         }
                         let _ = stop(&mut processes);
