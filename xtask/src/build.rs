@@ -177,25 +177,28 @@ pub fn build_dockerfile(
     let tag = image_tag(&revision, dirty, false);
     let mut labels = labels(root, revision, false);
     labels.insert("io.freedumb.build".to_owned(), "dockerfile".to_owned());
-    progress.emit(Event::BuildStarted { image: tag.clone() });
-    let started = Instant::now();
-    let request = dockerfile::Request { tag: &tag, target: "runtime", labels: &labels };
-    let id = engine.build_dockerfile(&text, context, &request, progress)?;
-    let size = engine.image_size(&tag)?.unwrap_or_default();
-    progress.emit(Event::BuildFinished {
-        image: tag.clone(),
-        id: id.clone(),
-        size,
-        seconds: started.elapsed().as_secs_f64(),
-    });
-    Ok(Built { image: tag, id, size })
+    reported(engine, tag, progress, |tag| {
+        let request = dockerfile::Request { tag, target: "runtime", labels: &labels };
+        engine.build_dockerfile(&text, context, &request, progress)
+    })
 }
 
 /// Builds `context` as `tag`, reporting it, and returns what the engine has.
 fn build_context(engine: &Engine, context: Vec<u8>, tag: String, progress: &Progress) -> anyhow::Result<Built> {
+    reported(engine, tag, progress, |tag| engine.build(context, tag, &mut progress.build_log()))
+}
+
+/// Runs `build` (which returns the image id) between the started and
+/// finished events, and returns what the engine has.
+fn reported(
+    engine: &Engine,
+    tag: String,
+    progress: &Progress,
+    build: impl FnOnce(&str) -> anyhow::Result<String>,
+) -> anyhow::Result<Built> {
     progress.emit(Event::BuildStarted { image: tag.clone() });
     let started = Instant::now();
-    let id = engine.build(context, &tag, &mut progress.build_log())?;
+    let id = build(&tag)?;
     let size = engine.image_size(&tag)?.unwrap_or_default();
     progress.emit(Event::BuildFinished {
         image: tag.clone(),
@@ -242,12 +245,7 @@ pub fn build_gateway_labelled(
 
 /// FNV-1a of `bytes`, 12 hex digits: enough to tell builds apart.
 fn digest(bytes: &[u8]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")[..12].to_owned()
+    crate::digest::hex(bytes)[..12].to_owned()
 }
 
 /// A program's absolute path: as given when it has a directory, else the

@@ -12,6 +12,7 @@ mod build;
 mod check;
 mod containers;
 mod deploy;
+mod digest;
 mod docker;
 mod environment;
 mod loadtest;

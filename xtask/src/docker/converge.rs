@@ -51,12 +51,9 @@ impl Desired {
     /// FNV-1a over every input of the container, in a fixed order: stable
     /// across runs and toolchains, unlike `std`'s hasher.
     pub fn digest(&self) -> String {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut hash = crate::digest::Fnv1a::default();
         let mut feed = |part: &str| {
-            for byte in part.bytes().chain([0]) {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
+            hash.field(part);
         };
         feed(&self.image);
         self.command.iter().for_each(|arg| feed(arg));
@@ -67,7 +64,7 @@ impl Desired {
             feed(value);
         }
         feed(&self.probe_path);
-        format!("{hash:016x}")
+        hash.hex()
     }
 }
 

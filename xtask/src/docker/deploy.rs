@@ -520,14 +520,11 @@ pub fn migrates_queued_connections() -> bool {
 
 /// FNV-1a over a configuration's file names and contents.
 fn digest(files: &render::Files) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash = crate::digest::Fnv1a::default();
     for (name, text) in files {
-        for byte in name.bytes().chain([0]).chain(text.bytes()).chain([0]) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+        hash.field(name).field(text);
     }
-    format!("{hash:016x}")
+    hash.hex()
 }
 
 /// The gateway's container suffixes, by slot.

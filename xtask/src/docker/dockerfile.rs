@@ -27,7 +27,6 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use bollard::query_parameters::BuildImageOptionsBuilder;
-use futures::StreamExt;
 
 use super::Engine;
 use crate::environment::Environment;
@@ -350,25 +349,9 @@ impl Engine {
             .forcerm(true)
             .build();
         let mut log = progress.build_log();
-        self.runtime.block_on(async {
-            let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(context.into())));
-            while let Some(info) = stream.next().await {
-                let info = info.context("the engine failed the build")?;
-                if let Some(detail) = info.error_detail {
-                    bail!("the build failed: {}", detail.message.unwrap_or_default().trim());
-                }
-                if let Some(line) = info.stream.as_deref().or(info.status.as_deref()) {
-                    let _ = log.write_all(line.as_bytes());
-                }
-            }
-            Ok(())
-        })?;
+        let id = self.build_with(options, context, request.tag, &mut log);
         let _ = log.flush();
-        let image = self
-            .runtime
-            .block_on(self.docker.inspect_image(request.tag))
-            .with_context(|| format!("the build reported success, but the engine has no image {}", request.tag))?;
-        Ok(image.id.unwrap_or_default())
+        id
     }
 }
 

@@ -117,12 +117,9 @@ impl Infra {
     /// FNV-1a over every input of the container, in a fixed order (as
     /// `converge::Desired::digest`): equal digests mean nothing changed.
     pub fn digest(&self) -> String {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut hash = crate::digest::Fnv1a::default();
         let mut feed = |part: &str| {
-            for byte in part.bytes().chain([0]) {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
+            hash.field(part);
         };
         feed(&self.image);
         let mut env = self.env.clone();
@@ -147,7 +144,7 @@ impl Infra {
             feed(&format!("{host}:{container}"));
         }
         feed(&format!("{:?}", self.network));
-        format!("{hash:016x}")
+        hash.hex()
     }
 
     fn labels(&self, project: &str) -> HashMap<String, String> {

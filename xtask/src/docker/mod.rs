@@ -73,6 +73,18 @@ impl Engine {
     /// even when the HTTP request itself succeeded. Returns the image id.
     pub fn build(&self, context: Vec<u8>, tag: &str, out: &mut dyn Write) -> anyhow::Result<String> {
         let options = BuildImageOptionsBuilder::new().t(tag).rm(true).forcerm(true).build();
+        self.build_with(options, context, tag, out)
+    }
+
+    /// `build` with the builder's options spelled out (`options` must tag
+    /// the image `tag`).
+    pub fn build_with(
+        &self,
+        options: bollard::query_parameters::BuildImageOptions,
+        context: Vec<u8>,
+        tag: &str,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<String> {
         self.runtime.block_on(async {
             let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(context.into())));
             while let Some(info) = stream.next().await {

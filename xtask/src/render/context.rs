@@ -389,14 +389,11 @@ fn migrate_view(environment: &Environment) -> MigrateView {
 /// FNV-1a, 64 bits, in hex: stable across runs and machines, which is all
 /// a change detector needs.
 fn checksum(parts: impl Iterator<Item = String>) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash = crate::digest::Fnv1a::default();
     for part in parts {
-        for byte in part.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+        hash.bytes(part.as_bytes());
     }
-    format!("{hash:016x}")
+    hash.hex()
 }
 
 fn amounts(a: &crate::environment::Amounts) -> AmountsView {

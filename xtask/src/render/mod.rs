@@ -168,16 +168,6 @@ pub const GATEWAY_UPSTREAMS_HEADER: &str = "X-Gateway-Upstreams";
 /// the same port, it tells which of the two a connection reached.
 pub const GATEWAY_INSTANCE_HEADER: &str = "X-Gateway-Instance";
 
-/// FNV-1a, as hex: a short digest that is the same on every run.
-fn fnv1a(text: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
-}
-
 /// The value of `GATEWAY_UPSTREAMS_HEADER` in a rendered nginx.conf.
 pub fn gateway_upstreams_version(files: &Files) -> Option<String> {
     let conf = files.get("nginx.conf")?;
@@ -217,7 +207,7 @@ pub fn render_gateway(
     let upstreams: Vec<&Vec<String>> = context.gateway.upstreams.iter().map(|u| &u.servers).collect();
     context.gateway.headers.push(context::HeaderView {
         name: GATEWAY_UPSTREAMS_HEADER.to_owned(),
-        value: fnv1a(&format!("{upstreams:?}")),
+        value: crate::digest::hex(format!("{upstreams:?}").as_bytes()),
     });
     context
         .gateway
