@@ -33,18 +33,40 @@ pub const LABEL_PORT: &str = "io.freedumb.port";
 pub const LABEL_DIGEST: &str = "io.freedumb.digest";
 
 /// One replica as it should run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Desired {
     pub service: String,
     pub replica: u32,
     /// The service's own port; the replica's slots are derived from it.
     pub base_port: u16,
     pub image: String,
+    /// The image's content id (`sha256:…`): a tag built again with other
+    /// content (a `-dirty` tag after an edit) is a change, though the tag
+    /// is the same.
+    pub image_id: String,
     pub command: Vec<String>,
     /// Without PORT, which depends on the slot.
     pub env: Vec<(String, String)>,
     /// The health check's path (`/ready`).
     pub probe_path: String,
+}
+
+/// By hand, so that a `{:?}` never prints the variables' values (secrets
+/// among them).
+impl std::fmt::Debug for Desired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<String> = self.env.iter().map(|(key, _)| format!("{key}=***")).collect();
+        f.debug_struct("Desired")
+            .field("service", &self.service)
+            .field("replica", &self.replica)
+            .field("base_port", &self.base_port)
+            .field("image", &self.image)
+            .field("image_id", &self.image_id)
+            .field("command", &self.command)
+            .field("env", &env)
+            .field("probe_path", &self.probe_path)
+            .finish()
+    }
 }
 
 impl Desired {
@@ -56,6 +78,7 @@ impl Desired {
             hash.field(part);
         };
         feed(&self.image);
+        feed(&self.image_id);
         self.command.iter().for_each(|arg| feed(arg));
         let mut env = self.env.clone();
         env.sort();
@@ -262,6 +285,26 @@ impl Serving {
     }
 }
 
+/// What serves before `plan` is carried out: its running containers.
+fn serving_before(plan: &[Action]) -> Serving {
+    let mut serving = Serving::default();
+    for action in plan {
+        match action {
+            Action::Keep(old) | Action::Replace { old, .. } | Action::Remove(old) if old.running => {
+                serving.set(&old.service, old.replica, Some(old.port))
+            }
+            _ => {}
+        }
+    }
+    serving
+}
+
+/// The gateway's upstreams before `plan` is carried out (and after, when
+/// it changes nothing).
+pub fn servers_before(plan: &[Action]) -> Servers {
+    serving_before(plan).servers()
+}
+
 /// The services a gateway now routes to `serving`.
 fn switch(apply: &mut Apply<'_>, serving: &Serving) -> anyhow::Result<Routed> {
     match apply.switch.as_mut() {
@@ -274,15 +317,7 @@ fn switch(apply: &mut Apply<'_>, serving: &Serving) -> anyhow::Result<Routed> {
 /// replica replaced so far back on the container it replaced (recreated
 /// from `previous`, the specs the old containers had) and fails.
 pub fn apply(engine: &Engine, plan: &[Action], apply: &mut Apply<'_>) -> anyhow::Result<()> {
-    let mut serving = Serving::default();
-    for action in plan {
-        match action {
-            Action::Keep(old) | Action::Replace { old, .. } | Action::Remove(old) if old.running => {
-                serving.set(&old.service, old.replica, Some(old.port))
-            }
-            _ => {}
-        }
-    }
+    let mut serving = serving_before(plan);
     // The gateway may predate these containers (or not run yet): point it
     // at what serves now before changing anything.
     switch(apply, &serving)?;
@@ -441,6 +476,7 @@ mod tests {
             replica,
             base_port: 3001,
             image: image.to_owned(),
+            image_id: format!("sha256:{image}"),
             command: vec!["serve".to_owned(), service.to_owned()],
             env: vec![("LOG_LEVEL".to_owned(), "info".to_owned())],
             probe_path: "/ready".to_owned(),
@@ -494,6 +530,24 @@ mod tests {
         let mut want = [desired("auth", 0, "i:2"), desired("auth", 1, "i:1")];
         want[1].env.push(("LOG_LEVEL".to_owned(), "debug".to_owned()));
         assert_eq!(kinds(&plan(&want, &actual)), ["replace p-auth-1-0 with i:2", "replace p-auth-2-0 with i:1"]);
+    }
+
+    #[test]
+    fn a_tag_built_again_with_other_content_replaces_each_replica() {
+        let old = desired("auth", 0, "freedumb:abc-dirty");
+        let actual = [running(&old, 0, true)];
+        let mut rebuilt = old.clone();
+        rebuilt.image_id = "sha256:after-an-edit".to_owned();
+        assert_eq!(kinds(&plan(&[rebuilt], &actual)), ["replace p-auth-1-0 with freedumb:abc-dirty"]);
+        assert_eq!(kinds(&plan(&[old], &actual)), ["keep p-auth-1-0"]);
+    }
+
+    #[test]
+    fn a_desired_replica_never_shows_its_variables_values() {
+        let mut want = desired("auth", 0, "i:1");
+        want.env.push(("JWT_ACCESS_SECRET".to_owned(), "hunter2-hunter2".to_owned()));
+        let shown = format!("{want:?}");
+        assert!(shown.contains("JWT_ACCESS_SECRET=***") && !shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

@@ -84,12 +84,27 @@ pub fn run(
             build::build_offline(&engine, root, &binary, debug, uid, progress)?.image
         }
     };
-    let (secrets, _) =
-        secrets::load_or_generate(&secrets_file(root, environment), &environment.model.secrets.supplied)?;
+    let file = secrets_file(root, environment);
+    let (secrets, _) = secrets::load_or_generate(&file, &environment.model.secrets.supplied)?;
     // As compose does for a shared environment (`source = "environment"`),
     // a secret set in the environment of this command wins; the generated
     // file fills in the others.
     let from_environment = environment.model.secrets.source == SecretSource::Environment;
+    if from_environment {
+        // Said, because it is easy to miss: a database initialised with the
+        // file's password keeps it, and a replica given the other fails.
+        for name in &environment.model.secrets.supplied {
+            if let (Ok(value), Some(stored)) = (std::env::var(name), secrets.get(name))
+                && !value.is_empty()
+                && value != stored
+            {
+                progress.warn(format!(
+                    "{name} is set in this shell and differs from the one in {}: the shell's is used",
+                    file.display()
+                ));
+            }
+        }
+    }
     let secret = |name: &str| match std::env::var(name) {
         Ok(value) if from_environment && !value.is_empty() => value,
         _ => secrets.get(name).unwrap_or_default().to_owned(),
@@ -103,14 +118,15 @@ pub fn run(
     let gateway_image = build::build_gateway(&engine, &nginx, environment.model.platform.build.uid, progress)?.image;
     let mut gateway = Gateway::new(&engine, root, environment, &project, gateway_image, progress);
 
-    let desired = desired(environment, &image, &secret);
+    let image_id = engine.image_id(&image)?;
+    let desired = desired(environment, &image, &image_id, &secret);
     let actual: Vec<Running> = engine
         .containers(&BTreeMap::from([(LABEL_PROJECT, project.as_str())]))?
         .iter()
         .filter_map(Running::from_summary)
         .collect();
     let plan = converge::plan(&desired, &actual);
-    if !infra_changed && !converge::changes(&plan) && gateway.is_current()? {
+    if !infra_changed && !converge::changes(&plan) && gateway.is_current(&converge::servers_before(&plan))? {
         record(root, &project, &image)?;
         progress.emit(Event::NothingToDo { project: project.clone(), image: image.clone() });
         return finish(&engine, progress, project, image, false, &gateway.url);
@@ -280,10 +296,20 @@ impl<'a> Gateway<'a> {
             .collect())
     }
 
-    /// Whether exactly one gateway runs, with this image (its upstreams
-    /// are checked by the replicas' convergence).
-    pub fn is_current(&self) -> anyhow::Result<bool> {
-        Ok(matches!(change(&self.instances()?, &self.image), Change::Reload { extra, .. } if extra.is_empty()))
+    /// Whether exactly one gateway runs, with this image, and was seen
+    /// serving the configuration rendered now for `servers` (so a change of
+    /// the gateway's own settings, such as headers or rate limits, is
+    /// deployed even when no replica changes).
+    pub fn is_current(&self, servers: &Servers) -> anyhow::Result<bool> {
+        let found = self.instances()?;
+        let Change::Reload { current, extra } = change(&found, &self.image) else {
+            return Ok(false);
+        };
+        if !extra.is_empty() {
+            return Ok(false);
+        }
+        let files = render::render_gateway(self.root, self.environment, servers, &current.name)?;
+        Ok(self.confirmed(&files, current.slot.unwrap_or_default()))
     }
 
     /// Renders the upstreams `servers` and makes the gateway use them:
@@ -647,7 +673,12 @@ pub fn process_env(environment: &Environment, port: u16, secret: &dyn Fn(&str) -
 
 /// One `Desired` per replica of each enabled service (`serve NAME`) and
 /// worker (`worker NAME`), with the local process's variables.
-pub fn desired(environment: &Environment, image: &str, secret: &dyn Fn(&str) -> String) -> Vec<Desired> {
+pub fn desired(
+    environment: &Environment,
+    image: &str,
+    image_id: &str,
+    secret: &dyn Fn(&str) -> String,
+) -> Vec<Desired> {
     let mut desired = Vec::new();
     let roles = environment.services().map(|w| ("serve", w)).chain(environment.workers().map(|w| ("worker", w)));
     for (verb, (name, workload)) in roles {
@@ -665,6 +696,7 @@ pub fn desired(environment: &Environment, image: &str, secret: &dyn Fn(&str) -> 
                 replica,
                 base_port: workload.port,
                 image: image.to_owned(),
+                image_id: image_id.to_owned(),
                 command: vec![verb.to_owned(), name.to_owned()],
                 env: env.clone(),
                 probe_path: workload.probes.readiness.path.clone(),

@@ -94,12 +94,32 @@ fn assert_none_failed(what: &str, served: u64, failures: &[String]) {
     assert!(served > 100, "only {served} requests ran during {what}");
 }
 
-/// Removes a project's containers when the test ends, passed or not.
-struct Down<'a>(&'a Engine, String);
+/// Removes what a test deployed of an environment when the test ends,
+/// passed or not: the project's containers, its database, and its files
+/// under `.local/` (the gateway's configuration, the deployment history,
+/// the environment's generated secrets).
+struct Down<'a>(&'a Engine, String, String, String);
+
+impl<'a> Down<'a> {
+    fn new(engine: &'a Engine, project: &str, environment: &Environment) -> Self {
+        let url = environment.model.postgres.url.as_deref().unwrap_or_default();
+        let database = url.rsplit('/').next().and_then(|path| path.split('?').next()).unwrap_or_default();
+        Down(engine, project.to_owned(), database.to_owned(), environment.name.clone())
+    }
+}
 
 impl Drop for Down<'_> {
     fn drop(&mut self) {
         let _ = containers::down(self.0, &self.1, true);
+        if !self.2.is_empty() {
+            let _ = std::process::Command::new("dropdb")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", &self.2])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let local = crate::project_root().join(".local");
+        let _ = std::fs::remove_dir_all(local.join(&self.1));
+        let _ = std::fs::remove_dir_all(local.join(&self.3));
     }
 }
 
@@ -257,6 +277,7 @@ fn replicas_converge_roll_forward_and_roll_back_a_broken_change() {
                     replica,
                     base_port,
                     image: built.image.clone(),
+                    image_id: built.id.clone(),
                     command: vec!["serve".to_owned(), "auth".to_owned()],
                     env: vars,
                     probe_path: "/ready".to_owned(),
@@ -329,7 +350,7 @@ fn a_rollout_under_load_through_the_gateway_loses_no_request() {
     let root = crate::project_root();
     let environment = environment::load(&root, "test").unwrap();
     let project = super::deploy::project(&environment);
-    let _down = Down(&engine, project.clone());
+    let _down = Down::new(&engine, &project, &environment);
     let gateway = format!("http://127.0.0.1:{}", environment.model.gateway.http_port);
     let progress = Progress::lines();
 
@@ -452,7 +473,7 @@ fn a_new_gateway_image_takes_over_the_port_under_load_without_a_failed_request()
     // Services at 7401.., replicas' second slots at 17401..; gateway 18480.
     let environment = moved_test_environment("test-gateway", 400);
     let project = super::deploy::project(&environment);
-    let _down = Down(&engine, project.clone());
+    let _down = Down::new(&engine, &project, &environment);
     let url = format!("http://127.0.0.1:{}", environment.model.gateway.http_port);
     let progress = Progress::lines();
     super::deploy::run(&root, &environment, Some(&built.image), true, &progress)
@@ -462,7 +483,7 @@ fn a_new_gateway_image_takes_over_the_port_under_load_without_a_failed_request()
 
     let nginx = crate::tools::require(&crate::tools::NGINX).unwrap();
     let uid = environment.model.platform.build.uid;
-    let labels = BTreeMap::from([("io.freedumb.test".to_owned(), format!("second-{}", std::process::id()))]);
+    let labels = BTreeMap::from([("io.freedumb.test".to_owned(), "second".to_owned())]);
     let second = crate::build::build_gateway_labelled(&engine, &nginx, uid, labels, &progress).unwrap();
     assert_ne!(second.image, first[0].1, "another content, another tag");
 
@@ -504,6 +525,17 @@ fn a_new_gateway_image_takes_over_the_port_under_load_without_a_failed_request()
     assert!(matches!(back.as_slice(), [(_, image, _)] if *image == first[0].1), "{back:?}");
     assert_eq!(serving(&engine, &project), replicas, "no replica was touched");
 
+    // A change of the gateway's own settings, and nothing else, is
+    // deployed too (a reload), not taken for "nothing to do".
+    let mut changed = moved_test_environment("test-gateway", 400);
+    changed.model.gateway.headers.insert("Permissions-Policy".to_owned(), "camera=()".to_owned());
+    super::deploy::run(&root, &changed, Some(&built.image), true, &progress).unwrap_or_else(|err| panic!("{err:#}"));
+    let answer = ureq::get(&format!("{url}/health")).call().unwrap();
+    assert_eq!(answer.header("Permissions-Policy"), Some("camera=()"), "the new header is served");
+    assert_eq!(serving(&engine, &project), replicas, "no replica was touched");
+    super::deploy::run(&root, &environment, Some(&built.image), true, &progress)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+
     // A gateway that cannot share the port (another user: the kernel keeps
     // a reuseport group to one uid) exits; the one serving stays, alone.
     let other_uid = crate::build::build_gateway(&engine, &nginx, uid + 1, &progress).unwrap();
@@ -527,7 +559,7 @@ fn a_gateway_from_before_slots_is_replaced_once_with_a_warning() {
     let root = crate::project_root();
     let environment = moved_test_environment("test-legacy-gateway", 500);
     let project = super::deploy::project(&environment);
-    let _down = Down(&engine, project.clone());
+    let _down = Down::new(&engine, &project, &environment);
     let url = format!("http://127.0.0.1:{}", environment.model.gateway.http_port);
     let nginx = crate::tools::require(&crate::tools::NGINX).unwrap();
     let uid = environment.model.platform.build.uid;
