@@ -201,14 +201,28 @@ pub fn down(engine: &Engine, project: &str, volumes: bool) -> anyhow::Result<Vec
         engine.stop(name, STOP_TIMEOUT_SECS)?;
         engine.remove(name, volumes)?;
     }
+    // A network that cannot go (still used by a container of another
+    // project) must not keep the volumes: each is tried, and every failure
+    // is reported at the end, together.
     let labels = BTreeMap::from([(LABEL_PROJECT.to_owned(), project.to_owned())]);
-    for network in engine.networks(&labels)? {
-        engine.remove_network(&network)?;
+    let mut errors: Vec<anyhow::Error> = Vec::new();
+    match engine.networks(&labels) {
+        Ok(networks) => errors.extend(networks.iter().filter_map(|n| engine.remove_network(n).err())),
+        Err(err) => errors.push(err),
     }
     if volumes {
-        for volume in engine.volumes(&labels)? {
-            engine.remove_volume(&volume)?;
+        match engine.volumes(&labels) {
+            Ok(names) => errors.extend(names.iter().filter_map(|v| engine.remove_volume(v).err())),
+            Err(err) => errors.push(err),
         }
+    }
+    if !errors.is_empty() {
+        let listed: Vec<String> = errors.iter().map(|err| format!("- {err:#}")).collect();
+        anyhow::bail!(
+            "the containers of {project} were removed, but {} of its networks and volumes could not be:\n{}",
+            errors.len(),
+            listed.join("\n")
+        );
     }
     Ok(names.into_iter().map(|(_, name)| name).collect())
 }

@@ -500,12 +500,15 @@ mod tests {
         assert!(rendered_context(&root, &dev).unwrap().1 == context, "the same tree gives the same context");
     }
 
-    /// Nothing can be pulled here: the build stops at the first base image,
-    /// naming it and the registry's error, before the context is sent.
+    /// A base image no registry has: the build stops at it, naming it and
+    /// the registry's error, before the context is sent. (`.invalid` never
+    /// resolves, so this fails the same way on a machine with registry
+    /// access, instead of pulling the real Rust image and building.)
     #[test]
     fn the_dockerfile_build_fails_naming_the_base_image_it_cannot_pull() {
         let root = crate::project_root();
-        let dev = crate::environment::load(&root, "dev").unwrap();
+        let mut dev = crate::environment::load(&root, "dev").unwrap();
+        dev.model.platform.build.rust_image = "freedumb-test-absent.invalid/rust:1".to_owned();
         let engine = Engine::connect().unwrap_or_else(|err| panic!("{err:#}"));
         let rust = dev.model.platform.build.rust_image.clone();
         assert!(!engine.has_image(&rust).unwrap(), "this test expects {rust} to be absent from the engine");

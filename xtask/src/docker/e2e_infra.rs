@@ -92,18 +92,23 @@ fn redis_password(root: &Path, environment: &Environment) -> String {
     secrets.get("REDIS_PASSWORD").expect("generated").to_owned()
 }
 
-/// Takes the deployment down (containers, volumes, network) and drops its
-/// database when the test ends, passed or not.
+/// Takes the deployment down (containers, volumes, network), drops its
+/// database and removes its generated secrets (`secrets`, the directory
+/// of its secrets file) when the test ends, passed or not.
 struct Cleanup<'a> {
     engine: &'a Engine,
     project: String,
     database: Option<String>,
+    secrets: Option<PathBuf>,
 }
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         if let Err(err) = containers::down(self.engine, &self.project, true) {
             eprintln!("cleaning up {}: {err:#}", self.project);
+        }
+        if let Some(dir) = &self.secrets {
+            let _ = std::fs::remove_dir_all(dir);
         }
         if let Some(database) = &self.database {
             let _ = Command::new("dropdb")
@@ -198,7 +203,14 @@ fn a_redis_container_is_gated_on_health_kept_replaced_on_its_volume_and_taken_do
     let project = super::deploy::project(&first_deploy);
     let redis = format!("{project}-redis");
     let volume = infra::volume(&project, "redis_data");
-    let _cleanup = Cleanup { engine: &engine, project: project.clone(), database: Some("freedumb_test_infra".into()) };
+    // test-infra's secrets are generated into .local/test-infra/, like any
+    // environment's, and stay there for the next run (not removed).
+    let _cleanup = Cleanup {
+        engine: &engine,
+        project: project.clone(),
+        database: Some("freedumb_test_infra".into()),
+        secrets: None,
+    };
     let redis_image = redis_image(&engine, &first_deploy);
     let image = freedumb_image(&engine);
     let password = redis_password(&root, &first_deploy);
@@ -250,6 +262,39 @@ fn a_redis_container_is_gated_on_health_kept_replaced_on_its_volume_and_taken_do
     assert_eq!(redis_cli(port, Some(&password), &["GET", "freedumb:e2e"]), "kept", "the key survived the replacement");
     assert_eq!(engine.volumes(&labels).unwrap(), std::slice::from_ref(&volume));
 
+    // A replacement that never gets healthy (Redis moved to a port that is
+    // taken, so redis-server exits): the deploy fails naming the service,
+    // the reason and the new container's log, and the old Redis runs again
+    // with its data; no `-old` container is left behind.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let bad_deploy = test_infra("test-infra", &format!("port = {taken_port}\nmax_memory_mb = 32"));
+    let started = Instant::now();
+    let err = super::deploy::run(&root, &bad_deploy, Some(&image), true, &Progress::lines())
+        .expect_err("a Redis that cannot bind its port never gets healthy");
+    eprintln!("failed replacement, rolled back: {:.1} s", started.elapsed().as_secs_f64());
+    drop(taken);
+    let err = format!("{err:#}");
+    eprintln!("the failed deploy said: {err}");
+    assert!(
+        err.contains("redis (freedumb-test-redis:offline): the replacement container did not become healthy"),
+        "{err}"
+    );
+    assert!(err.contains("exited with code") || err.contains("turned unhealthy"), "the reason: {err}");
+    assert!(err.contains("Address already in use"), "the new container's log: {err}");
+    assert!(err.contains(&format!("the old container {redis} runs again")), "{err}");
+    assert!(!err.contains(&password), "the password stays out of the error: {err}");
+    let restored = engine.inspect(&redis).unwrap();
+    assert_eq!(restored.id, replaced.id, "the old container itself is back, not a new one");
+    assert_eq!(restored.state.as_ref().and_then(|s| s.running), Some(true));
+    assert_eq!(redis_cli(port, Some(&password), &["GET", "freedumb:e2e"]), "kept", "the data is still there");
+    let names: Vec<String> = containers::status(&engine, &project).unwrap().into_iter().map(|r| r.name).collect();
+    assert!(!names.contains(&infra::backup_name(&redis)), "{names:?}");
+    // And the next good deploy finds everything as before the failed one.
+    let (progress, said) = Progress::captured(Mode::Lines);
+    super::deploy::run(&root, &second_deploy, Some(&image), true, &progress).unwrap_or_else(|err| panic!("{err:#}"));
+    assert!(said.text().contains("nothing to do"), "{}", said.text());
+
     // `down --volumes`: no container, no volume.
     let removed = containers::down(&engine, &project, true).unwrap();
     assert!(removed.contains(&redis), "{removed:?}");
@@ -268,7 +313,8 @@ fn an_infrastructure_image_that_cannot_be_pulled_fails_naming_it_and_creates_not
     let absent = format!("freedumb-test-absent/redis:{}", std::process::id());
     let environment = test_infra("test-infra-absent", &format!("port = {}\nimage = \"{absent}\"", free_port()));
     let project = super::deploy::project(&environment);
-    let _cleanup = Cleanup { engine: &engine, project: project.clone(), database: None };
+    let secrets = super::deploy::secrets_file(&root, &environment).parent().unwrap().to_owned();
+    let _cleanup = Cleanup { engine: &engine, project: project.clone(), database: None, secrets: Some(secrets) };
 
     let err = super::deploy::run(&root, &environment, Some("freedumb:never-used"), true, &Progress::lines())
         .expect_err("the image cannot be pulled");
@@ -284,5 +330,49 @@ fn an_infrastructure_image_that_cannot_be_pulled_fails_naming_it_and_creates_not
     assert!(engine.volumes(&labels).unwrap().is_empty(), "no volume was created");
     let role = BTreeMap::from([(LABEL_PROJECT, project.as_str()), (LABEL_ROLE, ROLE_INFRA)]);
     assert!(engine.containers(&role).unwrap().is_empty());
-    let _ = std::fs::remove_dir_all(super::deploy::secrets_file(&root, &environment).parent().unwrap());
+}
+
+/// `down --volumes` removes every volume it can, even when one of them (or
+/// a network) cannot go, and then fails naming each that could not: here a
+/// volume that a container of another project still uses.
+#[test]
+fn down_with_volumes_removes_what_it_can_and_names_everything_it_could_not() {
+    let engine = engine();
+    let project = format!("freedumb-test-down-{}", std::process::id());
+    let labels = BTreeMap::from([(LABEL_PROJECT.to_owned(), project.clone())]);
+    let (free, used) = (format!("{project}_free"), format!("{project}_used"));
+    let foreign = format!("{project}-foreign");
+    // The foreign container goes first when the test ends, so that `down`
+    // in the project's cleanup can take the volume it held.
+    let _cleanup = Cleanup { engine: &engine, project: project.clone(), database: None, secrets: None };
+    struct Foreign<'a>(&'a Engine, String);
+    impl Drop for Foreign<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.remove(&self.1, false);
+        }
+    }
+    let _foreign = Foreign(&engine, foreign.clone());
+    assert!(engine.ensure_volume(&free, &labels).unwrap());
+    assert!(engine.ensure_volume(&used, &labels).unwrap());
+    // Created, never started: holding the volume is enough. Any image the
+    // engine has will do; the offline Redis one is built for these tests.
+    let image = redis_image(&engine, &test_infra("test-infra", ""));
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(image),
+        host_config: Some(bollard::models::HostConfig {
+            binds: Some(vec![format!("{used}:/data")]),
+            network_mode: Some("none".to_owned()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let options = bollard::query_parameters::CreateContainerOptionsBuilder::new().name(&foreign).build();
+    engine.runtime.block_on(engine.docker.create_container(Some(options), body)).unwrap();
+
+    let err = containers::down(&engine, &project, true).expect_err("a volume in use cannot be removed");
+
+    let err = format!("{err:#}");
+    assert!(err.contains("1 of its networks and volumes could not be"), "{err}");
+    assert!(err.contains(&format!("failed to remove volume {used}")), "{err}");
+    assert_eq!(engine.volumes(&labels).unwrap(), [used], "the free volume was removed all the same");
 }

@@ -14,9 +14,12 @@
 //!    nothing behind for the next run to trip over;
 //! 2. the project's network (compose's user-defined bridge, with the
 //!    environment's subnet) and named volumes are created when missing;
-//! 3. each container to create or replace is started (a replacement stops
-//!    the old container first: the two would share a port and a volume, so
-//!    infrastructure is not rolled without downtime, as compose does not);
+//! 3. each container to create or replace is started. A replacement stops
+//!    the old container first (the two would share a port and a volume, so
+//!    infrastructure is not rolled without downtime, as compose does not)
+//!    but keeps it, renamed `<name>-old`, until the new one is healthy; a
+//!    new one that fails is removed and the old one started again, so a bad
+//!    image or setting fails the deploy and leaves the database as it was;
 //! 4. every infrastructure container, kept ones too, must pass its health
 //!    check (compose's `condition: service_healthy`) before `apply` returns,
 //!    so migrations and services never start against a database that is
@@ -84,8 +87,9 @@ impl Networking {
     }
 }
 
-/// One backing service as a container should run it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One backing service as a container should run it. Its `Debug` shows the
+/// names of the variables in `env`, never their values (passwords).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Infra {
     /// `postgres`, `redis`, ...: the `io.freedumb.service` label.
     pub service: &'static str,
@@ -143,7 +147,15 @@ impl Infra {
         for (host, container) in &self.published {
             feed(&format!("{host}:{container}"));
         }
-        feed(&format!("{:?}", self.network));
+        // Written out rather than `{:?}` (whose output is no stable format,
+        // so a rename would replace every database): the same text `{:?}`
+        // gave, so that containers deployed before keep their digest.
+        match &self.network {
+            Networking::Host => feed("Host"),
+            Networking::Bridge { network, subnet, gateway_address } => feed(&format!(
+                "Bridge {{ network: \"{network}\", subnet: \"{subnet}\", gateway_address: {gateway_address} }}"
+            )),
+        }
         hash.hex()
     }
 
@@ -211,6 +223,29 @@ impl Infra {
             networking_config,
             ..Default::default()
         }
+    }
+}
+
+impl std::fmt::Debug for Infra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<String> = self.env.iter().map(|(key, _)| format!("{key}=***")).collect();
+        f.debug_struct("Infra")
+            .field("service", &self.service)
+            .field("container", &self.container)
+            .field("image", &self.image)
+            .field("env", &env)
+            .field("command", &self.command)
+            .field("health", &self.health)
+            .field("interval", &self.interval)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("start_period", &self.start_period)
+            .field("volume", &self.volume)
+            .field("mount", &self.mount)
+            .field("alias", &self.alias)
+            .field("published", &self.published)
+            .field("network", &self.network)
+            .finish()
     }
 }
 
@@ -464,17 +499,7 @@ pub fn apply(
             Step::Keep(old) => {
                 progress.emit(Event::InfraUnchanged { service: old.service.clone(), container: old.name.clone() })
             }
-            Step::Create(new) | Step::Replace { new, .. } => {
-                if let Step::Replace { old, .. } = step {
-                    progress.emit(Event::InfraReplacing {
-                        service: new.service.to_owned(),
-                        container: old.name.clone(),
-                        volume: new.volume.clone(),
-                    });
-                    engine.stop(&old.name, STOP_TIMEOUT_SECS)?;
-                    // `false`: the named volume is not the container's to take along.
-                    engine.remove(&old.name, false)?;
-                }
+            Step::Create(new) => {
                 // A leftover under this name (an interrupted run) would
                 // refuse the new container's name.
                 engine.remove(&new.container, false)?;
@@ -483,8 +508,22 @@ pub fn apply(
                     container: new.container.clone(),
                     image: new.image.clone(),
                 });
-                engine.run(&new.container, new.body(project))?;
                 started.insert(new.service, Instant::now());
+                start(engine, project, new)?;
+            }
+            Step::Replace { old, new } => {
+                progress.emit(Event::InfraReplacing {
+                    service: new.service.to_owned(),
+                    container: old.name.clone(),
+                    volume: new.volume.clone(),
+                });
+                progress.emit(Event::InfraStarting {
+                    service: new.service.to_owned(),
+                    container: new.container.clone(),
+                    image: new.image.clone(),
+                });
+                started.insert(new.service, Instant::now());
+                replace(engine, project, old, new)?;
             }
             Step::Remove(old) => {
                 engine.stop(&old.name, STOP_TIMEOUT_SECS)?;
@@ -507,6 +546,85 @@ pub fn apply(
         });
     }
     Ok(changes(plan))
+}
+
+/// Creates and starts `infra`'s container; one that was created but could
+/// not start (a bad command, a missing binary in the image) is removed, so
+/// that no dead container is left under the deployment's name.
+fn start(engine: &Engine, project: &str, infra: &Infra) -> anyhow::Result<()> {
+    engine.run(&infra.container, infra.body(project)).map_err(|err| {
+        let _ = engine.remove(&infra.container, false);
+        err.context(format!("{} ({}) could not be started; its container was removed", infra.service, infra.image))
+    })
+}
+
+/// The name an old infrastructure container has while its replacement
+/// starts: kept, stopped, until the new one is healthy.
+pub fn backup_name(container: &str) -> String {
+    format!("{container}-old")
+}
+
+/// Replaces `old` by `new` without losing the way back: the old container
+/// is stopped (the two share the volume, and on the host's network the
+/// port) and renamed, not removed; the new one must start and pass its
+/// health check; only then is the old one removed. When the new one fails,
+/// it is removed, the old one gets its name back and, if it was running,
+/// is started and must be healthy again; the error names the service, the
+/// reason and the new container's last log lines.
+fn replace(engine: &Engine, project: &str, old: &Existing, new: &Infra) -> anyhow::Result<()> {
+    let backup = backup_name(&new.container);
+    engine.stop(&old.name, STOP_TIMEOUT_SECS)?;
+    if old.name != backup {
+        // A leftover of an interrupted replacement would refuse the name
+        // (the plan removes such strays anyway, after this step).
+        engine.remove(&backup, false)?;
+        engine.rename(&old.name, &backup)?;
+    }
+    if old.name != new.container {
+        // A leftover under the new name (an interrupted run).
+        engine.remove(&new.container, false)?;
+    }
+    let tried =
+        start(engine, project, new).and_then(|()| engine.wait_healthy(&new.container, Instant::now() + HEALTH_TIMEOUT));
+    let Err(failure) = tried else {
+        // `false`: the named volume is not the container's to take along.
+        return engine.remove(&backup, false);
+    };
+    let what = format!(
+        "{} ({}): the replacement container did not become healthy, so nothing was migrated or started: {failure:#}",
+        new.service, new.image
+    );
+    let restored = (|| -> anyhow::Result<()> {
+        engine.remove(&new.container, false)?;
+        if old.name != backup {
+            engine.rename(&backup, &old.name)?;
+        }
+        if old.running {
+            engine.start(&old.name)?;
+            engine.wait_healthy(&old.name, Instant::now() + HEALTH_TIMEOUT)?;
+        }
+        Ok(())
+    })();
+    match restored {
+        Ok(()) if old.running => {
+            anyhow::bail!("{what}\nthe old container {} runs again, on the same volume, as before", old.name)
+        }
+        Ok(()) => anyhow::bail!("{what}\nthe old container {} is back, stopped, as it was found", old.name),
+        Err(err) => anyhow::bail!(
+            "{what}\nand the old container could not be brought back ({err:#}); it is {} if it exists",
+            if engine.inspect(&backup).is_ok() { backup.as_str() } else { old.name.as_str() }
+        ),
+    }
+}
+
+impl Engine {
+    /// Renames a container (its id, volume and settings stay).
+    pub fn rename(&self, name: &str, to: &str) -> anyhow::Result<()> {
+        let options = bollard::query_parameters::RenameContainerOptionsBuilder::new().name(to).build();
+        self.runtime
+            .block_on(self.docker.rename_container(name, options))
+            .with_context(|| format!("failed to rename container {name} to {to}"))
+    }
 }
 
 /// Plans and applies the infrastructure of `environment`; whether anything
@@ -657,6 +775,33 @@ mod tests {
             let mut changed = a.clone();
             change(&mut changed);
             assert_ne!(a.digest(), changed.digest());
+        }
+    }
+
+    /// The digest is a container label: the same inputs must give the same
+    /// digest in every version of the toolkit, or an upgrade would replace
+    /// (restart) every database.
+    #[test]
+    fn the_digest_of_the_same_inputs_never_changes() {
+        let on_host = infra("redis", "redis:7-alpine");
+        let mut on_bridge = on_host.clone();
+        on_bridge.network = Networking::Bridge {
+            network: "freedumb_freedumb".to_owned(),
+            subnet: "172.28.0.0/24".to_owned(),
+            gateway_address: "172.28.0.10".parse().unwrap(),
+        };
+        // The values of the version that fed `format!("{:?}", network)`.
+        assert_eq!(on_host.digest(), "a14f3b6ce5660aef");
+        assert_eq!(on_bridge.digest(), "da9535a97fceedaf");
+    }
+
+    #[test]
+    fn debug_output_names_the_variables_but_never_their_values() {
+        let mut redis = infra("redis", "redis:7-alpine");
+        redis.env = vec![("REDIS_PASSWORD".to_owned(), "s3cr3t-value".to_owned())];
+        for shown in [format!("{redis:?}"), format!("{redis:#?}"), format!("{:?}", Step::Create(redis.clone()))] {
+            assert!(!shown.contains("s3cr3t-value"), "{shown}");
+            assert!(shown.contains("REDIS_PASSWORD=***") && shown.contains("redis:7-alpine"), "{shown}");
         }
     }
 

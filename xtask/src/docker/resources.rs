@@ -48,7 +48,8 @@ impl Engine {
         }
         progress.emit(Event::ImagePulling { image: image.to_owned(), needed_by: needed_by.to_owned() });
         let started = Instant::now();
-        let options = CreateImageOptionsBuilder::new().from_image(image).build();
+        // Untagged, the Engine API pulls every tag of the repository.
+        let options = CreateImageOptionsBuilder::new().from_image(&pull_reference(image)).build();
         let mut log = progress.build_log();
         let pulled: anyhow::Result<()> = self.runtime.block_on(async {
             let mut stream = self.docker.create_image(Some(options), None, None);
@@ -185,11 +186,37 @@ impl Engine {
     }
 }
 
+/// `image` as the engine should pull it: with the tag `latest` when it names
+/// neither a tag (a `:` after its last `/`; one before it is a registry's
+/// port) nor a digest (`@sha256:...`), as `docker pull` does.
+pub fn pull_reference(image: &str) -> String {
+    let name = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || name.contains(':') { image.to_owned() } else { format!("{image}:latest") }
+}
+
 /// What the engine said, without bollard's wrapping (`Docker responded with
 /// status code 404: ...`) when there is a message.
 fn engine_message(err: &bollard::errors::Error) -> String {
     match err {
         bollard::errors::Error::DockerResponseServerError { message, .. } => message.trim().to_owned(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pull_reference;
+
+    #[test]
+    fn an_image_without_a_tag_or_digest_is_pulled_as_latest_and_only_that() {
+        assert_eq!(pull_reference("postgres"), "postgres:latest");
+        assert_eq!(pull_reference("library/postgres"), "library/postgres:latest");
+        assert_eq!(pull_reference("registry:5000/x"), "registry:5000/x:latest", "5000 is the registry's port");
+        assert_eq!(pull_reference("registry:5000/team/x:1.2"), "registry:5000/team/x:1.2");
+        assert_eq!(pull_reference("postgres:15-alpine"), "postgres:15-alpine");
+        let pinned = format!("x@sha256:{}", "a".repeat(64));
+        assert_eq!(pull_reference(&pinned), pinned);
+        let both = format!("registry:5000/x:1@sha256:{}", "b".repeat(64));
+        assert_eq!(pull_reference(&both), both);
     }
 }
