@@ -58,7 +58,8 @@ struct Run {
     seed_transactions: usize,
     /// A `/metrics` of the platform, scraped before and after the run for the
     /// server-side cross-check; repeat it for every process of a deployment
-    /// (one per replica), whose figures are summed. No cross-check without.
+    /// (one per replica): each process's difference is taken on its own and
+    /// the differences summed. No cross-check without.
     #[arg(long = "metrics-url", value_name = "URL")]
     metrics_urls: Vec<String>,
     /// How far client and server counts may differ, in percent, before the
@@ -70,7 +71,8 @@ struct Run {
     /// user has started (the benchmark's comparisons).
     #[arg(long)]
     no_crosscheck: bool,
-    /// Exit non-zero when the cross-check flags a mismatch.
+    /// Exit non-zero (2) when the cross-check flags a mismatch, or a process
+    /// whose figures are unknown (no answer after the run, a restart).
     #[arg(long)]
     fail_on_mismatch: bool,
     /// An earlier run's summary.json, or its run folder; regressions beyond
@@ -167,7 +169,17 @@ impl Run {
         }
 
         let client = reqwest_goose::Client::new();
-        let before = if cross_check { Some(crosscheck::scrape_all(&client, &self.metrics_urls).await?) } else { None };
+        // Before the run, a process that does not answer stops it: nothing is
+        // lost yet, and the list of processes is likely wrong.
+        let before = if cross_check {
+            let mut before = Vec::new();
+            for (url, scrape) in crosscheck::scrape_each(&client, &self.metrics_urls).await {
+                before.push((url, scrape?));
+            }
+            Some(before)
+        } else {
+            None
+        };
         let sampler = (!self.metrics_urls.is_empty())
             .then(|| tokio::spawn(summary::sample_memory(client.clone(), self.metrics_urls.clone())));
 
@@ -181,10 +193,6 @@ impl Run {
             Err(err) => return Err(anyhow::Error::new(err).context("the load test failed")),
         };
 
-        let server = match before {
-            Some(before) => Some((crosscheck::scrape_all(&client, &self.metrics_urls).await?, before)),
-            None => None,
-        };
         let peak_memory = match sampler {
             Some(handle) => {
                 handle.abort();
@@ -192,26 +200,149 @@ impl Run {
             }
             None => None,
         };
+        let after_run = AfterRun { host: &host, metrics: &metrics, thresholds_failed, before, peak_memory };
+        self.conclude(&client, after_run, baseline.as_ref()).await
+    }
+
+    /// Everything after the attack: the second scrape, the summary and the
+    /// verdict. Nothing here may lose the run's verdicts: a process that does
+    /// not answer after the run (a rollout moved a replica to its other slot,
+    /// a restart) is flagged in the cross-check, never an error, and the
+    /// summary with its table of breaches is written all the same.
+    async fn conclude(
+        &self,
+        client: &reqwest_goose::Client,
+        run: AfterRun<'_>,
+        baseline: Option<&summary::Baseline>,
+    ) -> anyhow::Result<Outcome> {
+        let server = match run.before {
+            Some(before) => {
+                let after = crosscheck::scrape_each(client, &self.metrics_urls).await;
+                Some((crosscheck::during_run(&before, &after), self.metrics_urls.clone()))
+            }
+            None => None,
+        };
         let summary = summary::Summary::new(
             &self.label,
-            &host,
+            run.host,
             &self.scenario,
-            &metrics,
-            server.as_ref().map(|(after, before)| (after.since(before), self.metrics_urls.clone())),
+            run.metrics,
+            server,
             self.crosscheck_tolerance / 100.0,
-            peak_memory,
-            baseline.as_ref(),
+            run.peak_memory,
+            baseline,
             self.baseline_tolerance / 100.0,
         );
         summary.write(&self.out)?;
         eprintln!("{}", summary.console());
         eprintln!("reports: {}", self.out.display());
 
-        let mismatch = summary.crosscheck.iter().any(|row| !row.flags.is_empty());
-        if thresholds_failed || !summary.regressions.is_empty() || (self.fail_on_mismatch && mismatch) {
+        // A flagged cross-check fails the run only when asked (--smoke does):
+        // outside the gate it is a finding to read, not a verdict.
+        let crosscheck_failed = self.fail_on_mismatch && summary.crosscheck_flagged();
+        if run.thresholds_failed || !summary.regressions.is_empty() || crosscheck_failed {
             return Ok(Outcome::Failed);
         }
-        debug_assert_eq!(thresholds_failed, summary.thresholds.iter().any(|t| !t.passed));
+        debug_assert_eq!(run.thresholds_failed, summary.thresholds.iter().any(|t| !t.passed));
         Ok(Outcome::Passed)
+    }
+}
+
+/// What the attack left for `Run::conclude`.
+struct AfterRun<'a> {
+    host: &'a str,
+    metrics: &'a GooseMetrics,
+    /// Whether goose judged an objective breached.
+    thresholds_failed: bool,
+    /// Each process's scrape before the run; `None` without a cross-check.
+    before: Option<Vec<(String, crosscheck::Snapshot)>>,
+    peak_memory: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use goose::threshold::ThresholdResult;
+
+    /// Serves `text` as `/metrics` on a port of its own, for the test's life.
+    async fn metrics_server(text: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+        let app = axum::Router::new().route("/metrics", axum::routing::get(move || async move { text }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    /// A URL nothing listens on: a replica moved to its other slot.
+    fn gone() -> String {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        format!("http://127.0.0.1:{port}/metrics")
+    }
+
+    fn run(out: &std::path::Path, urls: &[String], extra: &[&str]) -> Run {
+        let mut args = vec!["loadtests", "run", "--host", "http://127.0.0.1:1", "--out", out.to_str().unwrap()];
+        for url in urls {
+            args.extend(["--metrics-url", url.as_str()]);
+        }
+        args.extend(extra);
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Run(run) => *run,
+            Command::Ceiling(_) => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_process_gone_after_the_run_loses_neither_the_summary_nor_the_breach() {
+        let out = std::env::temp_dir().join(format!("loadtests-conclude-{}", std::process::id()));
+        std::fs::create_dir_all(&out).unwrap();
+        let (moved, staying) = (gone(), metrics_server(include_str!("../testdata/metrics-replica-1-later.txt")).await);
+        let before = vec![
+            (moved.clone(), crosscheck::parse(include_str!("../testdata/metrics-replica-0.txt")).unwrap()),
+            (staying.clone(), crosscheck::parse(include_str!("../testdata/metrics-replica-1.txt")).unwrap()),
+        ];
+        let breach = ThresholdResult {
+            rule: "p95 < 100ms".into(),
+            observed: "812ms".into(),
+            value: Some(812.0),
+            passed: false,
+            aborted: false,
+        };
+        let mut metrics = GooseMetrics::default();
+        metrics.thresholds = vec![breach];
+        let client = reqwest_goose::Client::new();
+        let after_run = |thresholds_failed| AfterRun {
+            host: "http://127.0.0.1:1",
+            metrics: &metrics,
+            thresholds_failed,
+            before: Some(before.clone()),
+            peak_memory: None,
+        };
+
+        // The objective was breached: the run fails with 2, not an error, and
+        // the summary shows both the breach and the process left out.
+        let urls = [moved.clone(), staying.clone()];
+        let outcome = run(&out, &urls, &[]).conclude(&client, after_run(true), None).await.unwrap();
+        assert_eq!(outcome, Outcome::Failed);
+        let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+        assert!(md.contains("| `p95 < 100ms` | 812ms | **BREACH** |"), "{md}");
+        assert!(
+            md.contains(&format!("- `{moved}`: answered before the run but not after: Connection refused")),
+            "{md}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(json["crosscheck_flagged_endpoints"][0]["url"], moved.as_str());
+        assert_eq!(json["crosscheck_flagged_endpoints"].as_array().unwrap().len(), 1, "the answering one is counted");
+
+        // Objectives met: the flagged cross-check fails the run only when
+        // asked to (`--smoke` passes --fail-on-mismatch), as a mismatch does.
+        let mut metrics_met = metrics.clone();
+        metrics_met.thresholds[0].passed = true;
+        let met = AfterRun { metrics: &metrics_met, ..after_run(false) };
+        assert_eq!(run(&out, &urls, &[]).conclude(&client, met, None).await.unwrap(), Outcome::Passed);
+        let met = AfterRun { metrics: &metrics_met, ..after_run(false) };
+        let gate = run(&out, &urls, &["--fail-on-mismatch"]);
+        assert_eq!(gate.conclude(&client, met, None).await.unwrap(), Outcome::Failed);
+        std::fs::remove_dir_all(&out).unwrap();
     }
 }

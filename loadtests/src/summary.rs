@@ -63,6 +63,10 @@ pub struct Summary {
     /// process of the deployment.
     #[serde(default)]
     pub crosscheck_endpoints: Vec<String>,
+    /// Those whose figures for the run are unknown (no answer after the run,
+    /// a restart during it), and why: left out of the server's sum.
+    #[serde(default)]
+    pub crosscheck_flagged_endpoints: Vec<crosscheck::FlaggedEndpoint>,
     pub crosscheck: Vec<crosscheck::Row>,
     /// The platform's peak `process_resident_memory_bytes` during the run,
     /// summed over its processes.
@@ -166,7 +170,7 @@ impl Summary {
         target: &str,
         scenario: &str,
         metrics: &GooseMetrics,
-        server: Option<(crosscheck::Routes, Vec<String>)>,
+        server: Option<(crosscheck::RunFigures, Vec<String>)>,
         crosscheck_tolerance: f64,
         server_peak_resident_bytes: Option<u64>,
         baseline: Option<&Baseline>,
@@ -201,6 +205,7 @@ impl Summary {
         let total = group("all requests".to_owned(), &raw, co.as_ref(), errors, seconds);
 
         let crosscheck_endpoints = server.as_ref().map(|(_, endpoints)| endpoints.clone()).unwrap_or_default();
+        let crosscheck_flagged_endpoints = server.as_ref().map(|(run, _)| run.flagged.clone()).unwrap_or_default();
         let crosscheck = server
             .map(|(server, _)| {
                 let mut client: BTreeMap<(String, String), ClientFigures> = BTreeMap::new();
@@ -216,7 +221,7 @@ impl Summary {
                     figures.p50_ms = ms(timings[key].percentile_us(0.50));
                     figures.p99_ms = ms(timings[key].percentile_us(0.99));
                 }
-                crosscheck::compare(&client, &server, crosscheck_tolerance)
+                crosscheck::compare(&client, &server.routes, crosscheck_tolerance)
             })
             .unwrap_or_default();
 
@@ -231,6 +236,7 @@ impl Summary {
             thresholds: metrics.thresholds.clone(),
             crosscheck_tolerance_percent: crosscheck_tolerance * 100.0,
             crosscheck_endpoints,
+            crosscheck_flagged_endpoints,
             crosscheck,
             server_peak_resident_bytes,
             baseline_tolerance_percent: baseline_tolerance * 100.0,
@@ -240,6 +246,12 @@ impl Summary {
             summary.regressions = regressions(&baseline.summary, &summary, baseline_tolerance);
         }
         summary
+    }
+
+    /// Whether the cross-check found something: a request group beyond the
+    /// tolerance, or a process whose figures are unknown.
+    pub fn crosscheck_flagged(&self) -> bool {
+        !self.crosscheck_flagged_endpoints.is_empty() || self.crosscheck.iter().any(|row| !row.flags.is_empty())
     }
 
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
@@ -301,12 +313,13 @@ impl Summary {
                 ));
             }
         }
-        if !self.crosscheck.is_empty() {
+        if !self.crosscheck.is_empty() || !self.crosscheck_flagged_endpoints.is_empty() {
             out.push('\n');
             out.push_str(&crosscheck::markdown(
                 &self.crosscheck,
                 self.crosscheck_tolerance_percent / 100.0,
                 &self.crosscheck_endpoints,
+                &self.crosscheck_flagged_endpoints,
             ));
         }
         if !self.regressions.is_empty() {
@@ -355,10 +368,13 @@ impl Summary {
                 out.push_str(&format!("\n  {:<50} {}", t.rule, t.observed));
             }
         }
+        for endpoint in &self.crosscheck_flagged_endpoints {
+            out.push_str(&format!("\ncross-check flagged, not counted: {}: {}", endpoint.url, endpoint.reason));
+        }
         for row in self.crosscheck.iter().filter(|r| !r.flags.is_empty()) {
             out.push_str(&format!("\ncross-check mismatch: {} {}: {}", row.method, row.route, row.flags.join("; ")));
         }
-        if !self.crosscheck.is_empty() && self.crosscheck.iter().all(|r| r.flags.is_empty()) {
+        if !self.crosscheck.is_empty() && !self.crosscheck_flagged() {
             out.push_str(&format!(
                 "\ncross-check: client and server agree on {} request groups",
                 self.crosscheck.len()
@@ -472,6 +488,7 @@ mod tests {
             thresholds: Vec::new(),
             crosscheck_tolerance_percent: 1.0,
             crosscheck_endpoints: Vec::new(),
+            crosscheck_flagged_endpoints: Vec::new(),
             crosscheck: Vec::new(),
             server_peak_resident_bytes: None,
             baseline_tolerance_percent: 10.0,
