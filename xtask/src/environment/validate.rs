@@ -45,6 +45,89 @@ pub fn validate(env: &Environment, targets: &Targets) -> Result {
     backings(env)?;
     gateway(env)?;
     loadtest(env)?;
+    images(env)?;
+    Ok(())
+}
+
+/// Every image the environment names (the build's base images, each
+/// backing service's container) is a reference an engine accepts, so that
+/// a typo fails here, at its key, rather than as a registry's error.
+fn images(env: &Environment) -> Result {
+    let build = &env.model.platform.build;
+    let mut named = vec![
+        (key(&["platform", "build", "rust_image"]), build.rust_image.as_str()),
+        (key(&["platform", "build", "runtime_image"]), build.runtime_image.as_str()),
+    ];
+    for which in [Which::Postgres, Which::Redis, Which::Rabbitmq, Which::Mongodb] {
+        if let Some(image) = which.model(env).image.as_deref() {
+            named.push((key(&[which.key(), "image"]), image));
+        }
+    }
+    for (at, image) in named {
+        image_reference(image)
+            .map_err(|why| env.error_at(&at, format!("`{image}` is not an image reference: {why}")))?;
+    }
+    Ok(())
+}
+
+/// Checks `image` against the engine's reference grammar (simplified):
+/// `[registry[:port]/]path[:tag][@algorithm:hex]`, the path lowercase
+/// letters and digits with `.`, `_` or `-` between them.
+pub fn image_reference(image: &str) -> std::result::Result<(), String> {
+    let (rest, digest) = match image.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (image, None),
+    };
+    if let Some(digest) = digest {
+        let (algorithm, hex) =
+            digest.split_once(':').ok_or("a digest is `algorithm:hex`, as sha256:<64 hex digits>")?;
+        let valid = !algorithm.is_empty()
+            && algorithm.chars().all(|c| c.is_ascii_alphanumeric() || "+._-".contains(c))
+            && hex.len() >= 32
+            && hex.chars().all(|c| c.is_ascii_hexdigit());
+        if !valid {
+            return Err("a digest is `algorithm:hex`, as sha256:<64 hex digits>".to_owned());
+        }
+    }
+    // A `:` after the last `/` starts the tag; one before it is a port.
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].find(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let valid = (1..=128).contains(&tag.len())
+            && !tag.starts_with(['.', '-'])
+            && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !valid {
+            return Err("a tag is up to 128 letters, digits, `_`, `.` and `-`, not starting with `.` or `-`".to_owned());
+        }
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    // Docker's rule: a first component with a `.` or `:`, or `localhost`,
+    // is a registry.
+    if components.len() > 1 && (components[0].contains(['.', ':']) || components[0] == "localhost") {
+        let registry = components.remove(0);
+        let (host, port) = registry.split_once(':').map_or((registry, None), |(h, p)| (h, Some(p)));
+        let host_ok = !host.is_empty()
+            && host
+                .split('.')
+                .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if !host_ok || port.is_some_and(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_digit())) {
+            return Err(format!("`{registry}` is no registry (a host name, optionally `:port`)"));
+        }
+    }
+    for component in components {
+        let valid = !component.is_empty()
+            && component.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            && component.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && component.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !valid {
+            return Err(format!(
+                "`{component}`: a repository's path is lowercase letters and digits, with `.`, `_` or `-` between them"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -575,4 +658,57 @@ fn is_request_group(name: &str) -> bool {
         && method.chars().all(|c| c.is_ascii_uppercase())
         && path.starts_with('/')
         && !path.chars().any(char::is_whitespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_reference;
+
+    #[test]
+    fn image_references_are_checked_as_an_engine_reads_them() {
+        let sha = format!("sha256:{}", "a".repeat(64));
+        for good in [
+            "postgres".to_owned(),
+            "postgres:15-alpine".to_owned(),
+            "library/postgres:15".to_owned(),
+            "registry:5000/x".to_owned(),
+            "registry.example.com:5000/team/x_y.z-w:1.2_rc".to_owned(),
+            "localhost/x".to_owned(),
+            "freedumb-test-absent.invalid/rust:1".to_owned(),
+            format!("x@{sha}"),
+            format!("registry:5000/x:1@{sha}"),
+        ] {
+            assert_eq!(image_reference(&good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("", "lowercase"),
+            ("Postgres", "lowercase"),
+            ("postgres 15", "lowercase"),
+            ("postgres:", "a tag is"),
+            ("postgres:-1", "a tag is"),
+            ("postgres@sha256:abc", "a digest is"),
+            ("registry:port/x", "is no registry"),
+            ("x//y", "lowercase"),
+            ("-x", "lowercase"),
+        ] {
+            let err = image_reference(bad).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    /// A typo in an environment's image is refused at its key.
+    #[test]
+    fn a_malformed_image_is_named_at_its_key() {
+        let root = crate::project_root();
+        let read = |name: &str| std::fs::read_to_string(crate::environment::path(&root, name)).unwrap();
+        let layers = vec![
+            crate::environment::Layer { path: "environments/base.toml".into(), text: read("base") },
+            crate::environment::Layer { path: "environments/dev.toml".into(), text: read("dev") },
+            crate::environment::Layer { path: "(edit)".into(), text: "[redis]\nimage = \"Redis:7\"\n".to_owned() },
+        ];
+        let targets = crate::environment::targets::Targets::of_project(&root).unwrap();
+        let err = crate::environment::from_layers("dev", layers, &targets).expect_err("Redis:7 is refused");
+        let err = err.to_string();
+        assert!(err.contains("redis.image") && err.contains("`Redis:7` is not an image reference"), "{err}");
+    }
 }
