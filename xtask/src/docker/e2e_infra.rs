@@ -376,3 +376,36 @@ fn down_with_volumes_removes_what_it_can_and_names_everything_it_could_not() {
     assert!(err.contains(&format!("failed to remove volume {used}")), "{err}");
     assert_eq!(engine.volumes(&labels).unwrap(), [used], "the free volume was removed all the same");
 }
+
+/// An image the engine has but that cannot run the service (one with a
+/// single file and no shell for Redis's `sh -c` command): the container is
+/// created but cannot start; the deploy fails naming the service and the
+/// engine's reason, and no dead container is left under the deployment's
+/// name.
+#[test]
+fn an_infrastructure_container_that_cannot_start_is_removed_and_named() {
+    let engine = engine();
+    let root = crate::project_root();
+    let shell_less = "freedumb-test-no-shell:1";
+    let mut context = tar::Builder::new(Vec::new());
+    for (path, text) in [("Dockerfile", "FROM scratch\nCOPY empty /empty\n"), ("empty", "")] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        context.append_data(&mut header, path, text.as_bytes()).unwrap();
+    }
+    engine.build(context.into_inner().unwrap(), shell_less, &mut std::io::sink()).unwrap_or_else(|e| panic!("{e:#}"));
+    let environment = test_infra("test-infra-nostart", &format!("port = {}\nimage = \"{shell_less}\"", free_port()));
+    let project = super::deploy::project(&environment);
+    let secrets = super::deploy::secrets_file(&root, &environment).parent().unwrap().to_owned();
+    let _cleanup = Cleanup { engine: &engine, project: project.clone(), database: None, secrets: Some(secrets) };
+
+    let err = super::deploy::run(&root, &environment, Some("freedumb:never-used"), true, &Progress::lines())
+        .expect_err("Redis's command cannot run in this image");
+
+    let err = format!("{err:#}");
+    assert!(err.contains(&format!("redis ({shell_less}) could not be started; its container was removed")), "{err}");
+    assert!(err.contains(&format!("failed to start container {project}-redis")), "the engine's reason: {err}");
+    assert!(containers::status(&engine, &project).unwrap().is_empty(), "no container is left");
+}
