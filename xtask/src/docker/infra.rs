@@ -410,7 +410,8 @@ impl Existing {
 pub enum Step {
     Keep(Existing),
     Create(Infra),
-    /// Stop `old`, then start `new` on the same volume.
+    /// Stop `old` and set it aside, start `new` on the same volume; remove
+    /// `old` once `new` is healthy, or bring it back if `new` fails.
     Replace {
         old: Existing,
         new: Infra,
@@ -573,16 +574,22 @@ pub fn backup_name(container: &str) -> String {
 /// reason and the new container's last log lines.
 fn replace(engine: &Engine, project: &str, old: &Existing, new: &Infra) -> anyhow::Result<()> {
     let backup = backup_name(&new.container);
-    engine.stop(&old.name, STOP_TIMEOUT_SECS)?;
+    // Leftovers of an interrupted run under either name would refuse it
+    // (the plan removes such strays anyway, after this step); gone before
+    // the old container stops, so that nothing fails while it is down.
     if old.name != backup {
-        // A leftover of an interrupted replacement would refuse the name
-        // (the plan removes such strays anyway, after this step).
         engine.remove(&backup, false)?;
-        engine.rename(&old.name, &backup)?;
     }
     if old.name != new.container {
-        // A leftover under the new name (an interrupted run).
         engine.remove(&new.container, false)?;
+    }
+    engine.stop(&old.name, STOP_TIMEOUT_SECS)?;
+    if old.name != backup
+        && let Err(err) = engine.rename(&old.name, &backup)
+    {
+        let restarted = if old.running { engine.start(&old.name).err() } else { None };
+        let restarted = restarted.map_or_else(String::new, |e| format!("; and it could not be started again: {e:#}"));
+        return Err(err.context(format!("{}: the old container could not be set aside{restarted}", new.service)));
     }
     let tried =
         start(engine, project, new).and_then(|()| engine.wait_healthy(&new.container, Instant::now() + HEALTH_TIMEOUT));
