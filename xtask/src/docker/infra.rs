@@ -524,7 +524,7 @@ pub fn apply(
                     image: new.image.clone(),
                 });
                 started.insert(new.service, Instant::now());
-                replace(engine, project, old, new)?;
+                replace(engine, project, old, new, progress)?;
             }
             Step::Remove(old) => {
                 engine.stop(&old.name, STOP_TIMEOUT_SECS)?;
@@ -572,7 +572,7 @@ pub fn backup_name(container: &str) -> String {
 /// it is removed, the old one gets its name back and, if it was running,
 /// is started and must be healthy again; the error names the service, the
 /// reason and the new container's last log lines.
-fn replace(engine: &Engine, project: &str, old: &Existing, new: &Infra) -> anyhow::Result<()> {
+fn replace(engine: &Engine, project: &str, old: &Existing, new: &Infra, progress: &Progress) -> anyhow::Result<()> {
     let backup = backup_name(&new.container);
     // Leftovers of an interrupted run under either name would refuse it
     // (the plan removes such strays anyway, after this step); gone before
@@ -601,6 +601,10 @@ fn replace(engine: &Engine, project: &str, old: &Existing, new: &Infra) -> anyho
         "{} ({}): the replacement container did not become healthy, so nothing was migrated or started: {failure:#}",
         new.service, new.image
     );
+    progress.warn(format!(
+        "{}: the new container {} failed; removing it and bringing back the old one",
+        new.service, new.container
+    ));
     let restored = (|| -> anyhow::Result<()> {
         engine.remove(&new.container, false)?;
         if old.name != backup {
