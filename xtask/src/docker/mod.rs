@@ -241,7 +241,12 @@ impl Engine {
                 || inspected.restart_count.unwrap_or_default() > 0;
             let failure = match (crashed, health) {
                 (_, Some(HealthStatusEnum::HEALTHY)) => return Ok(()),
-                (true, _) => Some(format!("exited with code {}", state.exit_code.unwrap_or_default())),
+                // While the engine restarts it, the state shows no exit code
+                // (0) rather than the one it crashed with.
+                (true, _) if state.running == Some(false) && state.restarting != Some(true) => {
+                    Some(format!("exited with code {}", state.exit_code.unwrap_or_default()))
+                }
+                (true, _) => Some(format!("crashed (restarted {} times)", inspected.restart_count.unwrap_or_default())),
                 (_, Some(HealthStatusEnum::UNHEALTHY)) => Some("turned unhealthy".to_owned()),
                 _ if Instant::now() >= deadline => Some("was not healthy in time".to_owned()),
                 _ => None,
