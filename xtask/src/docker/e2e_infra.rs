@@ -20,7 +20,6 @@ use futures::StreamExt;
 use super::image::{Offline, Program};
 use super::infra::{self, LABEL_ROLE, ROLE_INFRA};
 use super::{Engine, LABEL_PROJECT};
-use crate::build::build_offline;
 use crate::containers;
 use crate::environment::{self, Environment, Layer};
 use crate::progress::{Mode, Progress};
@@ -68,10 +67,7 @@ fn which(program: &str) -> PathBuf {
 }
 
 fn freedumb_image(engine: &Engine) -> String {
-    let root = crate::project_root();
-    let binary = crate::freedumb_debug_binary(&root);
-    assert!(binary.is_file(), "{} is missing; `cargo build -p freedumb` (cargo xtask test does)", binary.display());
-    build_offline(engine, &root, &binary, true, 1001, &Progress::lines()).unwrap_or_else(|err| panic!("{err:#}")).image
+    super::e2e::debug_image(engine).image
 }
 
 /// `redis-cli` against the container, authenticated with the deployment's

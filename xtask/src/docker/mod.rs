@@ -34,6 +34,19 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 
+/// Holds a lock on this machine for builds of `tag` until dropped. Two
+/// builds of one tag at once (two terminals, or tests in parallel) both
+/// miss the builder's cache and give the tag two images with different ids
+/// (an image's configuration holds its creation time), and a deployment
+/// rightly takes another id for another image and rolls every replica;
+/// one after the other, the second build is a cache hit with the first's id.
+fn build_lock(tag: &str) -> anyhow::Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!("freedumb-build-{}.lock", crate::digest::hex(tag.as_bytes())));
+    let file = std::fs::File::create(&path).with_context(|| format!("failed to create {}", path.display()))?;
+    file.lock().with_context(|| format!("failed to lock {}", path.display()))?;
+    Ok(file)
+}
+
 /// The deployment a container belongs to (compose's project).
 pub const LABEL_PROJECT: &str = "io.freedumb.project";
 /// The service, worker, `migrate` or `gateway`.
@@ -85,6 +98,7 @@ impl Engine {
         tag: &str,
         out: &mut dyn Write,
     ) -> anyhow::Result<String> {
+        let _one_at_a_time = build_lock(tag)?;
         self.runtime.block_on(async {
             let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(context.into())));
             while let Some(info) = stream.next().await {
