@@ -136,16 +136,21 @@ pub fn reachable(address: &Address, timeout: Duration) -> std::io::Result<()> {
     Err(last_error.unwrap_or_else(|| std::io::Error::other("the host name resolved to no address")))
 }
 
-/// Checks every service, prints one line each, and fails naming every
-/// service that did not answer with the command that starts it. Checking
-/// all before failing saves a round trip per missing service.
+/// Checks every service, prints one line each on stderr, and fails naming
+/// every service that did not answer with the command that starts it.
+/// Checking all before failing saves a round trip per missing service.
 pub fn require(services: &[(&Backing, Address)]) -> anyhow::Result<()> {
+    require_saying(services, &mut |line| eprintln!("{line}"))
+}
+
+/// `require`, each line said through `say` (the container verbs' progress).
+pub fn require_saying(services: &[(&Backing, Address)], say: &mut dyn FnMut(String)) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     for (service, address) in services {
         match reachable(address, CONNECT_TIMEOUT) {
-            Ok(()) => eprintln!("{:<9} {address}: answers", service.name),
+            Ok(()) => say(format!("{:<9} {address}: answers", service.name)),
             Err(err) => {
-                eprintln!("{:<9} {address}: {err}", service.name);
+                say(format!("{:<9} {address}: {err}", service.name));
                 problems.push(format!(
                     "{} is not reachable at {address} ({err}); start it with:\n    {}",
                     service.name, service.start

@@ -73,7 +73,7 @@ pub fn run(
     let external = environment.external_backing_services().map_err(anyhow::Error::msg)?;
     if !external.is_empty() {
         progress.step("checking the external infrastructure");
-        backing::require(&external)?;
+        backing::require_saying(&external, &mut |line| progress.step(line))?;
     }
     let engine = Engine::connect()?;
     let image = match image {
