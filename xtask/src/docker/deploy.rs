@@ -801,7 +801,13 @@ mod tests {
         let conf = &files["nginx.conf"];
         let listens: Vec<&str> = conf.lines().filter(|line| line.trim_start().starts_with("listen ")).collect();
         assert!(!listens.is_empty() && listens.iter().all(|line| line.ends_with(" reuseport;")), "{listens:?}");
-        assert!(conf.contains(r#"add_header X-Gateway-Instance "p-gateway-b" always;"#), "{conf}");
+        // The name only on /health, where the toolkit asks, with the
+        // security headers repeated (an add_header in a location drops the
+        // server's).
+        let health = conf.split("location = /health {").nth(1).and_then(|rest| rest.split('}').next()).unwrap();
+        assert!(health.contains(r#"add_header X-Gateway-Instance "p-gateway-b" always;"#), "{health}");
+        assert!(health.contains(r#"add_header X-Content-Type-Options "nosniff" always;"#), "{health}");
+        assert_eq!(conf.matches("X-Gateway-Instance").count(), 1, "not on the API's responses: {conf}");
 
         // Every other rendering: a second nginx on the port must fail to start.
         for name in ["local", "dev", "test"] {

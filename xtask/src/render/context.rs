@@ -71,6 +71,10 @@ pub struct GatewayView {
     pub hsts: Option<String>,
     pub zones: Vec<ZoneView>,
     pub headers: Vec<HeaderView>,
+    /// Headers for `/health` only (with every one of `headers`, which an
+    /// `add_header` in a location would otherwise drop): the container
+    /// gateway's identity, which only the toolkit's checks need to see.
+    pub health_headers: Vec<HeaderView>,
     pub upstreams: Vec<UpstreamView>,
     pub routes: Vec<RouteView>,
     pub websocket: bool,
@@ -582,6 +586,7 @@ fn gateway_view(environment: &Environment, upstreams: Upstreams) -> GatewayView 
             .iter()
             .map(|(name, value)| HeaderView { name: name.clone(), value: value.clone() })
             .collect(),
+        health_headers: Vec::new(),
         websocket: routes.iter().any(|route| route.websocket),
         reuseport: false,
         requests: amounts(&gateway.resources.requests),

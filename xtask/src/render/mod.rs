@@ -205,14 +205,15 @@ pub fn render_gateway(
     // Which upstreams answered: after a reload, a response carrying the new
     // value comes from a worker with the new configuration.
     let upstreams: Vec<&Vec<String>> = context.gateway.upstreams.iter().map(|u| &u.servers).collect();
-    context.gateway.headers.push(context::HeaderView {
-        name: GATEWAY_UPSTREAMS_HEADER.to_owned(),
-        value: crate::digest::hex(format!("{upstreams:?}").as_bytes()),
-    });
-    context
-        .gateway
-        .headers
-        .push(context::HeaderView { name: GATEWAY_INSTANCE_HEADER.to_owned(), value: instance.to_owned() });
+    // Both on /health only: the toolkit's checks ask there, and no client
+    // needs to learn container names.
+    context.gateway.health_headers = vec![
+        context::HeaderView {
+            name: GATEWAY_UPSTREAMS_HEADER.to_owned(),
+            value: crate::digest::hex(format!("{upstreams:?}").as_bytes()),
+        },
+        context::HeaderView { name: GATEWAY_INSTANCE_HEADER.to_owned(), value: instance.to_owned() },
+    ];
     let base = tera::Context::from_serialize(&context).context("failed to build the template context")?;
     let mut files = Files::new();
     for (out, template) in outputs(environment.model.kind) {
