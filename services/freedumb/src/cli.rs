@@ -134,7 +134,8 @@ pub async fn serve(targets: &[String], resolve: Resolver, env: &Env) -> Result<(
         Some(one) => (one.default_port(), format!("freedumb-{}", one.name())),
         None => (PLATFORM_PORT, "freedumb".to_owned()),
     };
-    let config = Config::from_env(env, default_port, &default_name)?;
+    let authenticates = services.iter().any(|service| service.authenticates());
+    let config = Config::from_env_for(env, default_port, &default_name, authenticates)?;
     // A second init only happens in tests; the first subscriber stays.
     let _ = telemetry::init(&config);
     let app = Application::build(config, env, &services).await?;

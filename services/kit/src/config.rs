@@ -157,7 +157,9 @@ pub struct Config {
     /// Prepended to every Redis key, so several deployments (or tests) can
     /// share one Redis without seeing each other's keys.
     pub redis_key_prefix: String,
-    pub jwt_access_secret: SecretString,
+    /// The access tokens' signing key; `None` in a process that serves no
+    /// authenticated route (a worker), which is then not given the key.
+    pub jwt_access_secret: Option<SecretString>,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
     /// Peers whose `X-Real-IP` / `X-Forwarded-For` headers are believed.
@@ -168,6 +170,18 @@ impl Config {
     /// Reads the shared settings. `default_port` and `default_service` come
     /// from the targets being served.
     pub fn from_env(env: &Env, default_port: u16, default_service: &str) -> Result<Self, ConfigError> {
+        Self::from_env_for(env, default_port, default_service, true)
+    }
+
+    /// `from_env` for a process whose targets do (`authenticates`) or do
+    /// not verify access tokens: only the first needs `JWT_ACCESS_SECRET`.
+    /// Workers run without it, so a compromised worker cannot mint tokens.
+    pub fn from_env_for(
+        env: &Env,
+        default_port: u16,
+        default_service: &str,
+        authenticates: bool,
+    ) -> Result<Self, ConfigError> {
         let log_level = env.get("LOG_LEVEL").unwrap_or_else(|| "info".to_owned());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(ConfigError::malformed(
@@ -198,7 +212,7 @@ impl Config {
             database_max_connections: env.parsed_or("DATABASE_MAX_CONNECTIONS", 10, "a number of connections")?,
             redis_url: env.url("REDIS_URL", &["redis", "rediss"])?,
             redis_key_prefix: env.get("REDIS_KEY_PREFIX").unwrap_or_default(),
-            jwt_access_secret: env.secret("JWT_ACCESS_SECRET", 32)?,
+            jwt_access_secret: if authenticates { Some(env.secret("JWT_ACCESS_SECRET", 32)?) } else { None },
             request_timeout: env.seconds_or("REQUEST_TIMEOUT_SECS", 30)?,
             shutdown_timeout: env.seconds_or("SHUTDOWN_TIMEOUT_SECS", 30)?,
             trusted_proxies,
@@ -230,7 +244,7 @@ mod tests {
         assert_eq!(config.port, 3001);
         assert_eq!(config.service_name, "auth");
         assert_eq!(config.log_level, "info");
-        assert_eq!(config.jwt_access_secret.expose_secret().len(), 32);
+        assert_eq!(config.jwt_access_secret.as_ref().map(|s| s.expose_secret().len()), Some(32));
     }
 
     #[test]
@@ -239,6 +253,14 @@ mod tests {
         vars.retain(|(k, _)| *k != "JWT_ACCESS_SECRET");
         let err = Config::from_env(&env(&vars), 3001, "auth").unwrap_err();
         assert_eq!(err.to_string(), "JWT_ACCESS_SECRET is not set: expected a secret of at least 32 bytes");
+    }
+
+    #[test]
+    fn a_process_that_verifies_no_token_runs_without_the_access_secret() {
+        let mut vars = complete();
+        vars.retain(|(k, _)| *k != "JWT_ACCESS_SECRET");
+        let config = Config::from_env_for(&env(&vars), 3102, "freedumb-worker-recurring", false).unwrap();
+        assert!(config.jwt_access_secret.is_none());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 use futures::future::BoxFuture;
+use secrecy::SecretString;
 use sqlx::migrate::Migrator;
 pub use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
@@ -37,6 +38,13 @@ pub trait Service: Send + Sync + 'static {
     fn schema(&self) -> &'static str;
 
     fn migrator(&self) -> &'static Migrator;
+
+    /// Whether its routes verify access tokens, and so need
+    /// `JWT_ACCESS_SECRET`. Workers, which serve only the probes and
+    /// metrics, say no and run without the key.
+    fn authenticates(&self) -> bool {
+        true
+    }
 
     /// The service's routes, already given their state. A service reads its
     /// own settings (secrets, API keys) from `env` here, so a missing one stops
@@ -118,7 +126,16 @@ impl Platform {
             db: Db::new(pool, metrics.clone()),
             cache: Cache::new(redis.clone(), metrics.clone()),
             redis,
-            jwt: JwtKeys::new(&config.jwt_access_secret),
+            jwt: match &config.jwt_access_secret {
+                Some(secret) => JwtKeys::new(secret),
+                // No route here verifies a token; should one ever try, a key
+                // nobody knows makes every token fail verification.
+                None => JwtKeys::new(&SecretString::from(format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                ))),
+            },
             trusted_proxies: TrustedProxies(Arc::new(config.trusted_proxies.clone())),
             metrics,
             config: Arc::new(config),

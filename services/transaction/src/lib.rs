@@ -87,6 +87,11 @@ impl Service for RecurringWorker {
         3102
     }
 
+    /// It serves only /health, /ready and /metrics: no token to verify.
+    fn authenticates(&self) -> bool {
+        false
+    }
+
     fn schema(&self) -> &'static str {
         SCHEMA
     }

@@ -172,6 +172,40 @@ async fn sigterm_finishes_the_request_in_flight_and_logs_are_json() {
     assert!(!all.contains(PASSWORD) && !all.contains(ACCESS_SECRET), "no secrets in logs");
 }
 
+/// A worker verifies no token, so it is not given the signing key: it
+/// starts and becomes ready without `JWT_ACCESS_SECRET`.
+#[tokio::test]
+async fn a_worker_runs_without_the_access_token_secret() {
+    let db = database().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = freedumb()
+        .args(["worker", "recurring"])
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("LOG_LEVEL", "warn")
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", redis_url())
+        .env("REDIS_KEY_PREFIX", format!("test:{}:", uuid::Uuid::new_v4().simple()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let base = format!("http://127.0.0.1:{port}");
+    while client.get(format!("{base}/ready")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            panic!("the worker exited with {status}: {stderr}");
+        }
+        assert!(Instant::now() < deadline, "the worker did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 async fn wait_until_up(client: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while client.get(format!("{base}/ready")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
