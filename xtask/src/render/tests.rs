@@ -310,7 +310,6 @@ fn reads(role_and_name: &str) -> Vec<&'static str> {
         "DATABASE_URL",
         "ENVIRONMENT",
         "HOST",
-        "JWT_ACCESS_SECRET",
         "LOG_FORMAT",
         "LOG_LEVEL",
         "PORT",
@@ -321,6 +320,11 @@ fn reads(role_and_name: &str) -> Vec<&'static str> {
         "SHUTDOWN_TIMEOUT_SECS",
         "TRUSTED_PROXIES",
     ];
+    // Services verify access tokens; workers serve only their probes and
+    // run without the key (`Service::authenticates`).
+    if role_and_name.ends_with("-service") {
+        vars.push("JWT_ACCESS_SECRET");
+    }
     vars.extend(match role_and_name {
         "auth-service" => &["JWT_REFRESH_SECRET"][..],
         "transaction-service" => &["ENCRYPTION_KEY", "RABBITMQ_URL"][..],
