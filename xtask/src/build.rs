@@ -73,17 +73,11 @@ pub struct Built {
 
 impl Build {
     pub fn run(&self, root: &Path) -> anyhow::Result<()> {
-        let progress = Progress::new(self.output);
-        match self.build(root, &progress) {
-            Ok(built) => {
-                progress.finish(|| format!("{}\n", built.image), &built);
-                Ok(())
-            }
-            Err(err) => {
-                progress.fail(&err);
-                Err(err)
-            }
-        }
+        Progress::reporting(self.output, |progress| {
+            let built = self.build(root, progress)?;
+            progress.finish(|| format!("{}\n", built.image), &built);
+            Ok(())
+        })
     }
 
     fn build(&self, root: &Path, progress: &Progress) -> anyhow::Result<Built> {

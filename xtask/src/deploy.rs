@@ -103,23 +103,20 @@ impl Deploy {
         // A compose environment (dev) runs as containers: there is no other
         // way to deploy it from here.
         if self.containers || environment.model.kind == Kind::Compose {
-            let progress = crate::progress::Progress::new(self.output);
-            if environment.model.kind == Kind::Compose && environment.model.gateway.tls {
-                // The container gateway is started, checked and switched
-                // over plain HTTP, and certificates belong to the compose
-                // stack (nginx/ssl/): deployed from here, it serves HTTP.
-                environment.model.gateway.tls = false;
-                progress.warn(format!(
-                    "the gateway of `{}` serves plain HTTP on port {} when deployed from here; the rendered compose \
-                     file keeps TLS",
-                    self.env, environment.model.gateway.http_port
-                ));
-            }
-            let result = crate::docker::deploy::run(root, &environment, self.image.as_deref(), self.debug, &progress);
-            if let Err(err) = &result {
-                progress.fail(err);
-            }
-            return result;
+            return crate::progress::Progress::reporting(self.output, |progress| {
+                if environment.model.kind == Kind::Compose && environment.model.gateway.tls {
+                    // The container gateway is started, checked and switched
+                    // over plain HTTP, and certificates belong to the compose
+                    // stack (nginx/ssl/): deployed from here, it serves HTTP.
+                    environment.model.gateway.tls = false;
+                    progress.warn(format!(
+                        "the gateway of `{}` serves plain HTTP on port {} when deployed from here; the rendered \
+                         compose file keeps TLS",
+                        self.env, environment.model.gateway.http_port
+                    ));
+                }
+                crate::docker::deploy::run(root, &environment, self.image.as_deref(), self.debug, progress)
+            });
         }
         if self.image.is_some() || self.output == crate::build::Output::Json {
             bail!("--image and --output json are for container deploys: add --containers");

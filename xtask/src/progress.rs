@@ -433,6 +433,17 @@ impl Progress {
         }
     }
 
+    /// Runs a verb with a reporter for `output`, ending its JSON with the
+    /// failed `summary` when it fails (a verb that succeeds says `finish`).
+    pub fn reporting<T>(output: Output, verb: impl FnOnce(&Progress) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let progress = Progress::new(output);
+        let result = verb(&progress);
+        if let Err(err) = &result {
+            progress.fail(err);
+        }
+        result
+    }
+
     /// The verb failed: the `summary` with `ok: false` and the error in
     /// JSON (people get the error from `main`, on stderr, as for any verb).
     pub fn fail(&self, err: &anyhow::Error) {

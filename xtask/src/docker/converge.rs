@@ -125,7 +125,7 @@ impl Running {
             slot: labels.get(LABEL_SLOT)?.parse().ok()?,
             port: labels.get(LABEL_PORT)?.parse().ok()?,
             digest: labels.get(LABEL_DIGEST).cloned().unwrap_or_default(),
-            running: summary.state.is_some_and(|s| s.to_string() == "running"),
+            running: super::is_running(summary),
         })
     }
 }

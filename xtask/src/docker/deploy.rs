@@ -291,7 +291,7 @@ impl<'a> Gateway<'a> {
                 name: super::container_name(c),
                 slot: c.labels.as_ref().and_then(|l| l.get(converge::LABEL_SLOT)).and_then(|s| s.parse().ok()),
                 image: c.image.clone().unwrap_or_default(),
-                running: c.state.is_some_and(|s| s.to_string() == "running"),
+                running: super::is_running(c),
             })
             .collect())
     }
@@ -612,12 +612,7 @@ pub struct Rollback {
 
 impl Rollback {
     pub fn run(&self, root: &Path) -> anyhow::Result<()> {
-        let progress = Progress::new(self.output);
-        let result = self.roll_back(root, &progress);
-        if let Err(err) = &result {
-            progress.fail(err);
-        }
-        result
+        Progress::reporting(self.output, |progress| self.roll_back(root, progress))
     }
 
     /// Rolls back, reporting to `progress`.

@@ -112,10 +112,7 @@ impl Drop for Down<'_> {
     fn drop(&mut self) {
         let _ = containers::down(self.0, &self.1, true);
         if !self.2.is_empty() {
-            let _ = std::process::Command::new("dropdb")
-                .args(["-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", &self.2])
-                .stderr(std::process::Stdio::null())
-                .status();
+            drop_database(&self.2);
         }
         let local = crate::project_root().join(".local");
         let _ = std::fs::remove_dir_all(local.join(&self.1));
@@ -123,7 +120,15 @@ impl Drop for Down<'_> {
     }
 }
 
-fn free_port() -> u16 {
+/// Drops a test's database, connections and all, if it exists.
+pub(super) fn drop_database(name: &str) {
+    let _ = std::process::Command::new("dropdb")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", name])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+pub(super) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -182,10 +187,7 @@ impl Drop for Deployment<'_> {
         if let Err(err) = containers::down(self.engine, &self.project, true) {
             eprintln!("cleaning up {}: {err:#}", self.project);
         }
-        let _ = std::process::Command::new("dropdb")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", &self.database])
-            .stderr(std::process::Stdio::null())
-            .status();
+        drop_database(&self.database);
     }
 }
 

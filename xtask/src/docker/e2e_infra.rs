@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use bollard::query_parameters::EventsOptionsBuilder;
 use futures::StreamExt;
 
+use super::e2e::free_port;
 use super::image::{Offline, Program};
 use super::infra::{self, LABEL_ROLE, ROLE_INFRA};
 use super::{Engine, LABEL_PROJECT};
@@ -27,10 +28,6 @@ use crate::secrets;
 
 fn engine() -> Engine {
     Engine::connect().unwrap_or_else(|err| panic!("{err:#}"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// `test-infra` (over base.toml), with Redis moved to `port` and these
@@ -107,10 +104,7 @@ impl Drop for Cleanup<'_> {
             let _ = std::fs::remove_dir_all(dir);
         }
         if let Some(database) = &self.database {
-            let _ = Command::new("dropdb")
-                .args(["-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", database])
-                .stderr(std::process::Stdio::null())
-                .status();
+            super::e2e::drop_database(database);
         }
     }
 }

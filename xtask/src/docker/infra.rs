@@ -401,7 +401,7 @@ impl Existing {
             name: container_name(summary),
             service: labels.get(LABEL_SERVICE)?.clone(),
             digest: labels.get(LABEL_DIGEST).cloned().unwrap_or_default(),
-            running: summary.state.is_some_and(|s| s.to_string() == "running"),
+            running: super::is_running(summary),
         })
     }
 }
@@ -625,16 +625,6 @@ fn replace(engine: &Engine, project: &str, old: &Existing, new: &Infra, progress
             "{what}\nand the old container could not be brought back ({err:#}); it is {} if it exists",
             if engine.inspect(&backup).is_ok() { backup.as_str() } else { old.name.as_str() }
         ),
-    }
-}
-
-impl Engine {
-    /// Renames a container (its id, volume and settings stay).
-    pub fn rename(&self, name: &str, to: &str) -> anyhow::Result<()> {
-        let options = bollard::query_parameters::RenameContainerOptionsBuilder::new().name(to).build();
-        self.runtime
-            .block_on(self.docker.rename_container(name, options))
-            .with_context(|| format!("failed to rename container {name} to {to}"))
     }
 }
 

@@ -187,6 +187,14 @@ impl Engine {
             .with_context(|| format!("failed to start container {name}"))
     }
 
+    /// Renames a container (its id, volume and settings stay).
+    pub fn rename(&self, name: &str, to: &str) -> anyhow::Result<()> {
+        let options = bollard::query_parameters::RenameContainerOptionsBuilder::new().name(to).build();
+        self.runtime
+            .block_on(self.docker.rename_container(name, options))
+            .with_context(|| format!("failed to rename container {name} to {to}"))
+    }
+
     /// Waits until the container exits and returns its exit code.
     pub fn wait(&self, name: &str) -> anyhow::Result<i64> {
         self.runtime.block_on(async {
@@ -343,6 +351,11 @@ impl Spec<'_> {
             ..Default::default()
         }
     }
+}
+
+/// Whether the engine lists the container as running.
+pub fn is_running(summary: &ContainerSummary) -> bool {
+    summary.state.is_some_and(|state| state.to_string() == "running")
 }
 
 /// A container's name as the engine lists it, without the leading `/`.
