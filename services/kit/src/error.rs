@@ -175,6 +175,8 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this route does not accept that method"),
             StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
             StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is larger than 10 MiB"),
+            StatusCode::URI_TOO_LONG => ("uri_too_long", "the request target is too long"),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ("headers_too_large", "the request headers are too large"),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "the content type is not supported"),
             StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "the service is unavailable"),
             StatusCode::GATEWAY_TIMEOUT => ("timeout", "the request took too long"),

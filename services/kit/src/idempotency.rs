@@ -65,7 +65,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             .to_str()
             .ok()
             .map(str::trim)
-            .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+            .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
             .ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_idempotency_key",
@@ -75,6 +75,42 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         Ok(IdempotencyKey(Some(key.to_owned())))
     }
 }
+
+/// The header as the OpenAPI document declares it: a handler writes
+/// `params(IdempotencyKey)` and gets the rule the extractor above enforces.
+impl utoipa::IntoParams for IdempotencyKey {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_KEY_LEN))
+            // Printable ASCII without the space: what `is_ascii_graphic` admits.
+            .pattern(Some(KEY_PATTERN))
+            .examples(["9b2c4c1e-5f0a-4c47-9d1e-0c8f3a2b7d61"]);
+        vec![
+            ParameterBuilder::new()
+                .name("Idempotency-Key")
+                .parameter_in(ParameterIn::Header)
+                .required(utoipa::openapi::Required::False)
+                .description(Some(
+                    "A key of the client's choosing (a UUID is a good one). A retry with the same key and body \
+                     gets the first answer, marked `Idempotent-Replayed: true`, and creates nothing; the same key \
+                     with another body is a 422; while the first request is in progress, a 409.",
+                ))
+                .schema(Some(schema))
+                .build(),
+        ]
+    }
+}
+
+/// The longest key accepted.
+const MAX_KEY_LEN: usize = 255;
+/// The characters of a key: printable ASCII other than the space.
+const KEY_PATTERN: &str = "^[!-~]+$";
 
 /// What a replay is compared by: the route and the request's canonical
 /// JSON, hashed.

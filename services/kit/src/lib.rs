@@ -7,11 +7,13 @@
 //! - [`observe`]: the per-request middleware (request id, log line, metrics, error shape).
 //! - [`error`] and [`extract`]: the one error shape, and extractors that use it.
 //! - [`money`]: exact amounts in minor units, ISO 4217 currencies.
+//! - [`text`] and [`date`]: the text and dates a request may carry (no control characters; `YYYY-MM-DD` in 1900–9999).
 //! - [`idempotency`]: `Idempotency-Key` handling for POST requests.
 //! - [`auth`]: access tokens and the [`auth::AuthUser`] extractor.
 //! - [`client_ip`]: the client's address through trusted proxies.
 //! - [`db`] and [`cache`]: Postgres and Redis.
 //! - [`events`]: the transactional outbox, its relay to RabbitMQ, idempotent consumers.
+//! - [`openapi`]: what every OpenAPI document shares (common error answers, amount and currency schemas).
 //! - [`service`]: the [`service::Service`] contract and the shared [`service::Platform`].
 //! - [`server`]: the router, the middleware stack, graceful shutdown, background tasks.
 //! - `testing` (feature `testing`): test databases, a cuttable TCP proxy, a test exchange.
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod cache;
 pub mod client_ip;
 pub mod config;
+pub mod date;
 pub mod db;
 pub mod error;
 pub mod events;
@@ -28,10 +31,12 @@ pub mod idempotency;
 pub mod metrics;
 pub mod money;
 pub mod observe;
+pub mod openapi;
 mod ops;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod text;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -65,6 +65,11 @@ const CURRENCIES: &[(&str, u8)] = &[
 ];
 
 impl Currency {
+    /// Every currency accepted, by code (the OpenAPI document lists them).
+    pub fn all() -> impl Iterator<Item = Currency> {
+        CURRENCIES.iter().map(|&(code, exponent)| Currency { code, exponent })
+    }
+
     /// The currency with this code (upper-case, as ISO 4217 writes it).
     pub fn from_code(code: &str) -> Option<Currency> {
         CURRENCIES

@@ -28,6 +28,15 @@ use crate::{observe, ops};
 /// The largest request body accepted: the seed's `client_max_body_size 10M`.
 pub const BODY_LIMIT_BYTES: usize = 10 * 1024 * 1024;
 
+/// The longest request target (path and query) a handler sees; a longer one
+/// is a 414 with an [`ErrorBody`](crate::ErrorBody). hyper refuses targets
+/// from 65,535 bytes on by itself, with an empty 414, and header lines it
+/// cannot parse (a NUL byte in a value) with an empty 400, before any of
+/// our code runs: this limit is well below hyper's, so only a target hyper
+/// would refuse anyway goes without our body. 8 KiB is nginx's default for a
+/// request line, which the gateway in front keeps.
+pub const URI_LIMIT_BYTES: usize = 8 * 1024;
+
 /// Why a process could not start. A configuration error exits with code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -70,7 +79,9 @@ pub fn router(
     for service in services {
         api = api.merge(service.router(platform, env)?);
     }
-    let (router, doc) = api.split_for_parts();
+    let (router, mut doc) = api.split_for_parts();
+    // After the merge, so every service's operations get the common answers.
+    crate::openapi::complete(&mut doc);
     openapi_slot.set(doc.to_json().expect("an OpenAPI document serialises")).expect("set once");
 
     let config = &platform.config;
@@ -83,8 +94,23 @@ pub fn router(
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal(anyhow::anyhow!("a request handler panicked")).into_response()
         }))
+        .layer(axum::middleware::from_fn(limit_uri))
         .layer(axum::middleware::from_fn_with_state(platform.metrics.clone(), observe::observe));
     Ok((router, doc))
+}
+
+/// Refuses a request target longer than [`URI_LIMIT_BYTES`] before routing.
+async fn limit_uri(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let length = req.uri().path_and_query().map_or(0, |target| target.as_str().len());
+    if length > URI_LIMIT_BYTES {
+        return ApiError::new(
+            axum::http::StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {length} bytes; at most {URI_LIMIT_BYTES} are accepted"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// A server bound to its port, not yet serving.
@@ -390,6 +416,25 @@ mod tests {
         let response =
             router.oneshot(Request::get(format!("/v1/probe/{id}")).body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_nul_byte_in_a_path_segment_is_a_400_naming_the_parameter() {
+        let (router, _) = app();
+        let (status, body) = get(&router, "/v1/probe/a%00b").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["code"], "invalid_path_parameter");
+        assert_eq!(body["details"][0]["field"], "id");
+    }
+
+    #[tokio::test]
+    async fn a_request_target_past_the_limit_is_a_414_with_our_body() {
+        let (router, _) = app();
+        let cursor = "x".repeat(URI_LIMIT_BYTES);
+        let (status, body) = get(&router, &format!("/v1/probe/slow?cursor={cursor}")).await;
+        assert_eq!(status, StatusCode::URI_TOO_LONG);
+        assert_eq!(body["code"], "uri_too_long");
+        assert!(body["request_id"].is_string(), "{body}");
     }
 
     #[tokio::test]
