@@ -24,6 +24,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::account_number::{self, Cipher};
+use crate::text::AccountName;
 use crate::{Ledger, SCHEMA, fingerprint};
 
 pub(crate) fn router() -> OpenApiRouter<Ledger> {
@@ -54,16 +55,18 @@ pub enum AccountKind {
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     #[schema(example = "Everyday checking")]
-    name: String,
+    name: AccountName,
     kind: AccountKind,
     /// ISO 4217 code.
-    #[schema(example = "EUR")]
+    #[schema(value_type = freedumb_kit::openapi::CurrencyCode, example = "EUR")]
     currency: String,
     /// A decimal string in the account's currency; default "0".
-    #[schema(example = "1250.00")]
+    #[schema(value_type = Option<freedumb_kit::openapi::Amount>, example = "1250.00")]
     opening_balance: Option<String>,
-    /// Stored encrypted; only its last four characters are ever shown.
-    #[schema(example = "DE89 3704 0044 0532 0130 00")]
+    /// 4 to 34 letters and digits (an IBAN, say); spaces and hyphens are
+    /// ignored; empty means none. Stored encrypted; only its last four
+    /// characters are ever shown.
+    #[schema(example = "DE89 3704 0044 0532 0130 00", pattern = r"^[ -]*([A-Za-z0-9][ -]*){4,34}$|^ *$")]
     account_number: Option<String>,
 }
 
@@ -141,14 +144,6 @@ pub(crate) async fn find(conn: &mut PgConnection, user_id: Uuid, id: Uuid) -> Ap
         .ok_or_else(|| ApiError::not_found("no such account"))
 }
 
-fn parse_name(name: &str) -> Result<String, FieldError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(FieldError::new("name", "must be 1 to 100 characters"));
-    }
-    Ok(name.to_owned())
-}
-
 fn parse_currency(code: &str) -> Result<Currency, FieldError> {
     Currency::from_code(code.trim())
         .ok_or_else(|| FieldError::new("currency", "must be a supported ISO 4217 code such as EUR or USD"))
@@ -168,7 +163,6 @@ async fn create_account(
     key: IdempotencyKey,
     Json(req): Json<CreateAccount>,
 ) -> ApiResult<axum::response::Response> {
-    let name = parse_name(&req.name);
     let currency = parse_currency(&req.currency);
     let opening = match &currency {
         Ok(currency) => req.opening_balance.as_deref().map_or(Ok(0), |t| parse_amount("opening_balance", *currency, t)),
@@ -181,12 +175,12 @@ async fn create_account(
             .ok_or_else(|| FieldError::new("account_number", "must be 4 to 34 letters and digits")),
     };
     let errors: Vec<FieldError> =
-        [name.as_ref().err(), currency.as_ref().err(), opening.as_ref().err(), number.as_ref().err()]
+        [currency.as_ref().err(), opening.as_ref().err(), number.as_ref().err()]
             .into_iter()
             .flatten()
             .cloned()
             .collect();
-    let (Ok(name), Ok(currency), Ok(opening), Ok(number)) = (name, currency, opening, number) else {
+    let (Ok(currency), Ok(opening), Ok(number)) = (currency, opening, number) else {
         return Err(ApiError::validation(errors));
     };
     let cipher = state.cipher.clone();
@@ -204,7 +198,7 @@ async fn create_account(
             )
             .bind(id)
             .bind(user.user_id)
-            .bind(&name)
+            .bind(req.name.as_str())
             .bind(req.kind)
             .bind(currency.code())
             .bind(opening)
@@ -287,11 +281,14 @@ pub(crate) async fn changed(state: &Ledger, user_id: Uuid, account_ids: &[Uuid])
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAccount {
-    name: Option<String>,
+    name: Option<AccountName>,
     kind: Option<AccountKind>,
     /// Decimal string in the account's currency.
+    #[schema(value_type = Option<freedumb_kit::openapi::Amount>)]
     opening_balance: Option<String>,
-    /// A new number, or "" to remove it.
+    /// A new number (4 to 34 letters and digits; spaces and hyphens are
+    /// ignored), or "" to remove it.
+    #[schema(pattern = r"^[ -]*([A-Za-z0-9][ -]*){4,34}$|^ *$")]
     account_number: Option<String>,
 }
 
@@ -308,7 +305,6 @@ async fn update_account(
     let mut tx = state.platform.db.begin().await.context("failed to begin")?;
     let current = find(tx.conn(), user.user_id, id).await?;
     let currency = current.currency()?;
-    let name = req.name.as_deref().map(parse_name).transpose();
     let opening = req.opening_balance.as_deref().map(|t| parse_amount("opening_balance", currency, t)).transpose();
     let number = match req.account_number.as_deref().map(str::trim) {
         None => Ok(None),
@@ -318,8 +314,8 @@ async fn update_account(
             .ok_or_else(|| FieldError::new("account_number", "must be 4 to 34 letters and digits")),
     };
     let errors: Vec<FieldError> =
-        [name.as_ref().err(), opening.as_ref().err(), number.as_ref().err()].into_iter().flatten().cloned().collect();
-    let (Ok(name), Ok(opening), Ok(number)) = (name, opening, number) else {
+        [opening.as_ref().err(), number.as_ref().err()].into_iter().flatten().cloned().collect();
+    let (Ok(opening), Ok(number)) = (opening, number) else {
         return Err(ApiError::validation(errors));
     };
     sqlx::query(
@@ -329,7 +325,7 @@ async fn update_account(
     )
     .bind(id)
     .bind(user.user_id)
-    .bind(name)
+    .bind(req.name.as_deref())
     .bind(req.kind)
     .bind(opening)
     .execute(tx.conn())

@@ -20,6 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::text::CategoryName;
 use crate::{Ledger, SCHEMA, fingerprint};
 
 pub(crate) fn router() -> OpenApiRouter<Ledger> {
@@ -123,14 +124,6 @@ fn name_taken(err: &sqlx::Error) -> bool {
     err.as_database_error().and_then(|e| e.constraint()) == Some("categories_name_idx")
 }
 
-fn parse_name(name: &str) -> Result<String, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 60 {
-        return Err(ApiError::field("name", "must be 1 to 60 characters"));
-    }
-    Ok(name.to_owned())
-}
-
 /// The caller's categories, parents before their children.
 #[utoipa::path(get, path = "/v1/categories", tag = "categories", security(("bearer" = [])),
     responses((status = 200, body = CategoryList), (status = "4XX", body = ErrorBody)))]
@@ -155,7 +148,7 @@ async fn list_categories(State(state): State<Ledger>, user: AuthUser) -> ApiResu
 #[serde(deny_unknown_fields)]
 pub struct CreateCategory {
     #[schema(example = "Coffee")]
-    name: String,
+    name: CategoryName,
     /// A top-level category to nest under.
     parent_id: Option<Uuid>,
 }
@@ -171,7 +164,7 @@ async fn create_category(
     key: IdempotencyKey,
     Json(req): Json<CreateCategory>,
 ) -> ApiResult<axum::response::Response> {
-    let name = parse_name(&req.name)?;
+    let name = req.name.to_string();
     let fp = fingerprint("POST /v1/categories", &req);
     idempotency::run(&state.platform.db, SCHEMA, user.user_id, &key, &fp, move |tx| {
         Box::pin(async move {
@@ -210,7 +203,7 @@ async fn create_category(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameCategory {
-    name: String,
+    name: CategoryName,
 }
 
 /// Renames a category.
@@ -223,7 +216,7 @@ async fn rename_category(
     Path(id): Path<Uuid>,
     Json(req): Json<RenameCategory>,
 ) -> ApiResult<Json<Category>> {
-    let name = parse_name(&req.name)?;
+    let name = req.name.to_string();
     let mut tx = state.platform.db.begin().await.context("failed to begin")?;
     find(tx.conn(), user.user_id, id).await?;
     let renamed = sqlx::query("UPDATE ledger.categories SET name = $3 WHERE id = $1 AND user_id = $2")

@@ -15,6 +15,7 @@ use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::NaiveDate;
+use freedumb_kit::date::IsoDate;
 use freedumb_kit::auth::AuthUser;
 use freedumb_kit::extract::Json;
 use freedumb_kit::idempotency::{self, IdempotencyKey};
@@ -64,7 +65,9 @@ pub struct Mapping {
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
     account_id: Uuid,
-    /// The file's text.
+    /// The file's text (at most 50,000 rows). Tab, line feed and carriage
+    /// return are its only control characters.
+    #[schema(value_type = freedumb_kit::text::Text<10485760>)]
     csv: String,
     mapping: Mapping,
     /// chrono format of the date column; default `%Y-%m-%d`.
@@ -260,7 +263,11 @@ fn parse_file(req: &ImportRequest, currency: Currency) -> ApiResult<(Vec<ParsedR
         }
         let cell = |col: usize| record.get(col).map(str::trim).filter(|c| !c.is_empty());
         let date = match cell(date_col).map(|d| NaiveDate::parse_from_str(d, date_format)) {
-            Some(Ok(date)) => date,
+            Some(Ok(date)) if IsoDate::new(date).is_some() => date,
+            Some(Ok(date)) => {
+                rejections.push(Rejection { row, reason: format!("the date {date} is not between 1900-01-01 and 9999-12-31") });
+                continue;
+            }
             Some(Err(_)) => {
                 rejections.push(Rejection {
                     row,

@@ -123,13 +123,30 @@ impl FromRef<Ledger> for JwtKeys {
     }
 }
 
-/// An optional text field: trimmed, empty means absent, bounded length.
-fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, freedumb_kit::FieldError> {
-    match value.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(text) if text.chars().count() > max => {
-            Err(freedumb_kit::FieldError::new(field, format!("must be at most {max} characters")))
-        }
-        Some(text) => Ok(Some(text.to_owned())),
-    }
+/// The ledger's text fields, as the kit's types: the length and the
+/// characters allowed are checked when the body is read, and stated in the
+/// OpenAPI document from the same type.
+pub(crate) mod text {
+    use freedumb_kit::text::{Line, Text};
+
+    /// Who was paid, or who paid; empty means none.
+    pub type Payee = Line<0, 200>;
+    /// A transaction's or rule's description; empty means none.
+    pub type Description = Line<0, 500>;
+    /// Free notes on a transaction, several lines allowed; empty means none.
+    pub type Notes = Text<2000>;
+    /// A split's note; empty means none.
+    pub type SplitNote = Line<0, 200>;
+    /// One tag.
+    pub type Tag = Line<1, 40>;
+    /// An account's name.
+    pub type AccountName = Line<1, 100>;
+    /// A category's name, unique among its siblings (ignoring case).
+    pub type CategoryName = Line<1, 60>;
+}
+
+/// An optional text field, already trimmed and checked by its type: empty
+/// means absent.
+fn optional_text(value: Option<&str>) -> Option<String> {
+    value.filter(|text| !text.is_empty()).map(str::to_owned)
 }

@@ -14,6 +14,7 @@ use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, NaiveDate, Utc};
+use freedumb_kit::date::IsoDate;
 use freedumb_kit::auth::AuthUser;
 use freedumb_kit::config::{ConfigError, Env};
 use freedumb_kit::db::Db;
@@ -31,6 +32,7 @@ use uuid::Uuid;
 
 use crate::accounts::{BALANCE_CACHE, parse_amount};
 use crate::schedule::{Frequency, Schedule};
+use crate::text::{Description, Payee, Tag};
 use crate::{Ledger, SCHEMA, categories, events, fingerprint, optional_text, transactions};
 
 pub(crate) fn router() -> OpenApiRouter<Ledger> {
@@ -42,24 +44,30 @@ pub(crate) fn router() -> OpenApiRouter<Ledger> {
 pub struct CreateRule {
     account_id: Uuid,
     /// Signed decimal string, as for a transaction.
-    #[schema(example = "-1200.00")]
+    #[schema(value_type = freedumb_kit::openapi::Amount, example = "-1200.00")]
     amount: String,
-    payee: Option<String>,
-    description: Option<String>,
+    payee: Option<Payee>,
+    description: Option<Description>,
     category_id: Option<Uuid>,
+    /// At most 20; repeats (ignoring case) are kept once.
     #[serde(default)]
-    tags: Vec<String>,
+    #[schema(max_items = 20)]
+    tags: Vec<Tag>,
     frequency: Frequency,
     /// Every `interval` days, weeks, months or years; default 1.
+    #[schema(minimum = 1, maximum = 1000)]
     interval: Option<u32>,
-    #[schema(value_type = String, format = Date)]
-    start_date: NaiveDate,
+    /// At most 366 days before today (UTC): the worker creates past
+    /// occurrences too, and a year is as far back as a catch-up reaches.
+    start_date: IsoDate,
     /// Monthly and yearly rules: the day (1-31), clamped to shorter months.
     /// Default: the start date's day.
+    #[schema(minimum = 1, maximum = 31)]
     day_of_month: Option<u32>,
-    #[schema(value_type = Option<String>, format = Date)]
-    end_date: Option<NaiveDate>,
+    /// Not before `start_date`.
+    end_date: Option<IsoDate>,
     /// Stop after this many occurrences.
+    #[schema(minimum = 1, maximum = 100000)]
     count: Option<u32>,
 }
 
@@ -75,15 +83,16 @@ pub struct Rule {
     tags: Vec<String>,
     frequency: Frequency,
     interval: i32,
-    #[schema(value_type = String, format = Date)]
+    #[schema(value_type = IsoDate)]
     start_date: NaiveDate,
     day_of_month: i16,
-    #[schema(value_type = Option<String>, format = Date)]
+    #[schema(value_type = Option<IsoDate>)]
     end_date: Option<NaiveDate>,
     count: Option<i32>,
     occurrences_created: i32,
-    /// The next date the worker will create a transaction for; null once the rule has ended.
-    #[schema(value_type = Option<String>, format = Date)]
+    /// The next date the worker will create a transaction for; null once
+    /// the rule has ended (or its next date would be after 9999-12-31).
+    #[schema(value_type = Option<IsoDate>)]
     next_occurrence: Option<NaiveDate>,
     active: bool,
     created_at: DateTime<Utc>,
@@ -186,34 +195,44 @@ async fn create_rule(
             let currency = account.currency()?;
             let mut errors = FieldErrors::default();
             let amount = errors.keep(parse_amount("amount", currency, &req.amount));
-            let payee = errors.keep(optional_text("payee", req.payee.as_deref(), 200));
-            let description = errors.keep(optional_text("description", req.description.as_deref(), 500));
+            let tags = errors.keep(transactions::parse_tags(&req.tags));
+            let start_date = req.start_date.get();
+            let earliest = earliest_start(IsoDate::today());
+            if start_date < earliest {
+                errors.push(FieldError::new(
+                    "start_date",
+                    format!("must be {earliest} or later: a rule may start at most {CATCH_UP_DAYS} days ago"),
+                ));
+            }
+            let end_date = req.end_date.map(IsoDate::get);
             let interval = req.interval.unwrap_or(1);
             if !(1..=1000).contains(&interval) {
                 errors.push(FieldError::new("interval", "must be 1 to 1000"));
             }
-            let day_of_month = req.day_of_month.unwrap_or_else(|| chrono::Datelike::day(&req.start_date));
+            let day_of_month = req.day_of_month.unwrap_or_else(|| chrono::Datelike::day(&start_date));
             if !(1..=31).contains(&day_of_month) {
                 errors.push(FieldError::new("day_of_month", "must be 1 to 31"));
             }
-            if req.end_date.is_some_and(|end| end < req.start_date) {
+            if end_date.is_some_and(|end| end < start_date) {
                 errors.push(FieldError::new("end_date", "must not be before start_date"));
             }
             if req.count.is_some_and(|c| c == 0 || c > 100_000) {
                 errors.push(FieldError::new("count", "must be 1 to 100000"));
             }
-            let (Some(amount), Some(payee), Some(description), true) = (amount, payee, description, errors.is_empty()) else {
+            let (Some(amount), Some(tags), true) = (amount, tags, errors.is_empty()) else {
                 return Err(errors.into_error());
             };
+            let payee = optional_text(req.payee.as_deref());
+            let description = optional_text(req.description.as_deref());
             if let Some(category_id) = req.category_id {
                 categories::require(tx.conn(), user.user_id, "category_id", category_id).await?;
             }
             let schedule = Schedule {
                 frequency: req.frequency,
                 interval,
-                start: req.start_date,
+                start: start_date,
                 day_of_month,
-                end: req.end_date,
+                end: end_date,
                 max_occurrences: req.count,
             };
             let id = Uuid::now_v7();
@@ -229,12 +248,12 @@ async fn create_rule(
             .bind(payee)
             .bind(description)
             .bind(req.category_id)
-            .bind(&req.tags)
+            .bind(&tags)
             .bind(req.frequency)
             .bind(i32::try_from(interval).unwrap_or(1))
-            .bind(req.start_date)
+            .bind(start_date)
             .bind(i16::try_from(day_of_month).unwrap_or(1))
-            .bind(req.end_date)
+            .bind(end_date)
             .bind(req.count.and_then(|c| i32::try_from(c).ok()))
             .bind(schedule.occurrence(0))
             .execute(tx.conn())
@@ -275,9 +294,12 @@ async fn get_rule(State(state): State<Ledger>, user: AuthUser, Path(id): Path<Uu
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRule {
+    #[schema(value_type = Option<freedumb_kit::openapi::Amount>)]
     amount: Option<String>,
-    payee: Option<String>,
-    description: Option<String>,
+    /// Empty removes it.
+    payee: Option<Payee>,
+    /// Empty removes it.
+    description: Option<Description>,
     /// Pause (false) or resume (true). A resumed rule catches up.
     active: Option<bool>,
 }
@@ -297,8 +319,9 @@ async fn update_rule(
     let currency = Currency::from_code(&current.currency).context("unknown currency")?;
     let mut errors = FieldErrors::default();
     let amount = req.amount.as_deref().and_then(|a| errors.keep(parse_amount("amount", currency, a)));
-    let payee = req.payee.as_deref().and_then(|p| errors.keep(optional_text("payee", Some(p), 200)));
-    let description = req.description.as_deref().and_then(|d| errors.keep(optional_text("description", Some(d), 500)));
+    // Some(None): the field was sent empty, which clears it.
+    let payee = req.payee.as_deref().map(|p| optional_text(Some(p)));
+    let description = req.description.as_deref().map(|d| optional_text(Some(d)));
     errors.finish()?;
     sqlx::query(
         "UPDATE ledger.recurring_rules SET amount = COALESCE($2, amount),
@@ -340,9 +363,20 @@ async fn delete_rule(State(state): State<Ledger>, user: AuthUser, Path(id): Path
 
 /// Rules taken per worker transaction.
 const RULES_PER_BATCH: i64 = 50;
-/// Occurrences one rule may create per batch, so a rule that is years
-/// behind catches up over several short transactions instead of one long one.
+/// Occurrences one rule may create per batch, so a rule that is far behind
+/// catches up over several short transactions instead of one long one.
 const OCCURRENCES_PER_BATCH: u32 = 400;
+/// How far back a catch-up reaches, in days: a new rule may start at most
+/// this long ago, and a rule resumed after a longer pause (or a worker down
+/// for longer) skips the occurrences before the window rather than create
+/// them. So one catch-up creates at most 367 occurrences of a daily rule,
+/// never the ~740,000 of a rule starting in year 0 (issue 10).
+pub const CATCH_UP_DAYS: u64 = 366;
+
+/// The earliest start date a rule created `today` may have.
+fn earliest_start(today: IsoDate) -> NaiveDate {
+    today.get().checked_sub_days(chrono::Days::new(CATCH_UP_DAYS)).unwrap_or(freedumb_kit::date::MIN)
+}
 
 /// The worker's settings.
 #[derive(Debug, Clone)]
@@ -398,6 +432,20 @@ pub async fn run_once(platform: &Platform, today: NaiveDate) -> anyhow::Result<u
         let schedule = rule.schedule();
         let currency = Currency::from_code(&rule.currency).context("unknown currency")?;
         let mut n = u32::try_from(rule.occurrences_created).unwrap_or(0);
+        // Occurrences before the catch-up window are skipped, not created.
+        let window_start = today.checked_sub_days(chrono::Days::new(CATCH_UP_DAYS)).unwrap_or(today);
+        let skipped_from = n;
+        while schedule.occurrence(n).is_some_and(|d| d < window_start) {
+            n += 1;
+        }
+        if n > skipped_from {
+            tracing::warn!(
+                rule_id = %rule.id,
+                skipped = n - skipped_from,
+                window_days = CATCH_UP_DAYS,
+                "recurring occurrences older than the catch-up window were skipped"
+            );
+        }
         let mut created_now = 0;
         while let Some(date) = schedule.occurrence(n).filter(|d| *d <= today) {
             if created_now == OCCURRENCES_PER_BATCH {

@@ -37,6 +37,10 @@ impl Schedule {
             return None;
         }
         let date = self.nth(n.checked_add(self.offset())?)?;
+        // No date past the API's range is ever stored or shown.
+        if date > freedumb_kit::date::MAX {
+            return None;
+        }
         match self.end {
             Some(end) if date > end => None,
             _ => Some(date),

@@ -13,6 +13,8 @@ use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, NaiveDate, Utc};
+use freedumb_kit::date::IsoDate;
+use freedumb_kit::text::Line;
 use freedumb_kit::auth::AuthUser;
 use freedumb_kit::db::Tx;
 use freedumb_kit::extract::{Json, Path, Query};
@@ -27,6 +29,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::accounts::{self, AccountRow, parse_amount};
+use crate::text::{Description, Notes, Payee, SplitNote, Tag};
 use crate::{Ledger, SCHEMA, categories, events, fingerprint, optional_text};
 
 pub(crate) fn router() -> OpenApiRouter<Ledger> {
@@ -46,9 +49,9 @@ const MAX_PAGE: i64 = 200;
 pub struct SplitInput {
     category_id: Option<Uuid>,
     /// Decimal string; the splits of a transaction sum to its amount.
-    #[schema(example = "-20.00")]
+    #[schema(value_type = freedumb_kit::openapi::Amount, example = "-20.00")]
     amount: String,
-    note: Option<String>,
+    note: Option<SplitNote>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -56,18 +59,20 @@ pub struct SplitInput {
 pub struct CreateTransaction {
     account_id: Uuid,
     /// Signed decimal string in the account's currency; negative is money out.
-    #[schema(example = "-42.50")]
+    #[schema(value_type = freedumb_kit::openapi::Amount, example = "-42.50")]
     amount: String,
-    #[schema(value_type = String, format = Date, example = "2026-11-27")]
-    date: NaiveDate,
-    payee: Option<String>,
-    description: Option<String>,
+    date: IsoDate,
+    payee: Option<Payee>,
+    description: Option<Description>,
     /// Omit (or null) for uncategorised; not allowed together with `splits`.
     category_id: Option<Uuid>,
+    /// At most 20; repeats (ignoring case) are kept once.
     #[serde(default)]
-    tags: Vec<String>,
-    notes: Option<String>,
-    /// Two or more parts that sum to `amount`, each with its category.
+    #[schema(max_items = 20)]
+    tags: Vec<Tag>,
+    notes: Option<Notes>,
+    /// Two or more parts (at most 50) that sum to `amount`, each with its
+    /// category; `[]` means none.
     #[serde(default)]
     splits: Vec<SplitInput>,
 }
@@ -86,7 +91,7 @@ pub struct Transaction {
     #[schema(example = "-42.50")]
     amount: String,
     currency: String,
-    #[schema(value_type = String, format = Date)]
+    #[schema(value_type = IsoDate)]
     date: NaiveDate,
     payee: Option<String>,
     description: Option<String>,
@@ -220,13 +225,12 @@ pub(crate) async fn open_account(
     Ok(account)
 }
 
-fn parse_tags(tags: &[String]) -> Result<Vec<String>, FieldError> {
+/// Tags once each (ignoring case), at most [`MAX_TAGS`]; each is trimmed
+/// and checked by its type.
+pub(crate) fn parse_tags(tags: &[Tag]) -> Result<Vec<String>, FieldError> {
     let mut out: Vec<String> = Vec::new();
     for tag in tags {
-        let tag = tag.trim();
-        if tag.is_empty() || tag.chars().count() > 40 {
-            return Err(FieldError::new("tags", "each tag must be 1 to 40 characters"));
-        }
+        let tag = tag.as_str();
         if !out.iter().any(|t| t.eq_ignore_ascii_case(tag)) {
             out.push(tag.to_owned());
         }
@@ -253,10 +257,9 @@ fn parse_splits(
     let mut parsed = Vec::new();
     for (i, split) in splits.iter().enumerate() {
         let amount = parse_amount(&format!("splits[{i}].amount"), currency, &split.amount);
-        let note = optional_text(&format!("splits[{i}].note"), split.note.as_deref(), 200);
-        match (amount, note) {
-            (Ok(amount), Ok(note)) => parsed.push((split.category_id, amount, note)),
-            (amount, note) => errors.extend([amount.err(), note.err()].into_iter().flatten()),
+        match amount {
+            Ok(amount) => parsed.push((split.category_id, amount, optional_text(split.note.as_deref()))),
+            Err(err) => errors.push(err),
         }
     }
     if !errors.is_empty() {
@@ -447,17 +450,8 @@ async fn create_transaction(
 
 fn validate_new(req: &CreateTransaction, currency: Currency) -> ApiResult<NewTransaction> {
     let amount = parse_amount("amount", currency, &req.amount);
-    let payee = optional_text("payee", req.payee.as_deref(), 200);
-    let description = optional_text("description", req.description.as_deref(), 500);
-    let notes = optional_text("notes", req.notes.as_deref(), 2000);
     let tags = parse_tags(&req.tags);
-    let mut errors: Vec<FieldError> = [
-        amount.as_ref().err(),
-        payee.as_ref().err(),
-        description.as_ref().err(),
-        notes.as_ref().err(),
-        tags.as_ref().err(),
-    ]
+    let mut errors: Vec<FieldError> = [amount.as_ref().err(), tags.as_ref().err()]
     .into_iter()
     .flatten()
     .cloned()
@@ -472,21 +466,19 @@ fn validate_new(req: &CreateTransaction, currency: Currency) -> ApiResult<NewTra
         }),
         Err(_) => Vec::new(),
     };
-    let (Ok(amount), Ok(payee), Ok(description), Ok(notes), Ok(tags), true) =
-        (amount, payee, description, notes, tags, errors.is_empty())
-    else {
+    let (Ok(amount), Ok(tags), true) = (amount, tags, errors.is_empty()) else {
         return Err(ApiError::validation(errors));
     };
     Ok(NewTransaction {
         account: req.account_id,
         amount,
         exponent: currency.exponent(),
-        date: req.date,
-        payee,
-        description,
+        date: req.date.get(),
+        payee: optional_text(req.payee.as_deref()),
+        description: optional_text(req.description.as_deref()),
         category_id: req.category_id,
         tags,
-        notes,
+        notes: optional_text(req.notes.as_deref()),
         splits,
         transfer_id: None,
     })
@@ -498,11 +490,10 @@ pub struct CreateTransfer {
     from_account_id: Uuid,
     to_account_id: Uuid,
     /// Positive decimal string; both accounts must share a currency.
-    #[schema(example = "250.00")]
+    #[schema(value_type = freedumb_kit::openapi::PositiveAmount, example = "250.00")]
     amount: String,
-    #[schema(value_type = String, format = Date)]
-    date: NaiveDate,
-    description: Option<String>,
+    date: IsoDate,
+    description: Option<Description>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -545,14 +536,13 @@ async fn create_transfer(
             if amount <= 0 {
                 return Err(ApiError::field("amount", "must be positive"));
             }
-            let description = optional_text("description", req.description.as_deref(), 500)
-                .map_err(|e| ApiError::validation(vec![e]))?;
+            let description = optional_text(req.description.as_deref());
             let transfer_id = Uuid::now_v7();
             let leg = |account: Uuid, amount: i64| NewTransaction {
                 account,
                 amount,
                 exponent: currency.exponent(),
-                date: req.date,
+                date: req.date.get(),
                 payee: None,
                 description: description.clone(),
                 category_id: None,
@@ -599,23 +589,28 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(de: D) -> Result<Opti
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTransaction {
+    #[schema(value_type = Option<freedumb_kit::openapi::Amount>)]
     amount: Option<String>,
-    #[schema(value_type = Option<String>, format = Date)]
-    date: Option<NaiveDate>,
+    date: Option<IsoDate>,
+    /// null or empty removes it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
-    payee: Option<Option<String>>,
+    #[schema(value_type = Option<Payee>)]
+    payee: Option<Option<Payee>>,
+    /// null or empty removes it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
-    description: Option<Option<String>>,
+    #[schema(value_type = Option<Description>)]
+    description: Option<Option<Description>>,
     /// A category, or null for uncategorised.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Uuid>)]
     category_id: Option<Option<Uuid>>,
-    tags: Option<Vec<String>>,
+    /// Replaces the tags; at most 20.
+    #[schema(max_items = 20)]
+    tags: Option<Vec<Tag>>,
+    /// null or empty removes them.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
-    notes: Option<Option<String>>,
+    #[schema(value_type = Option<Notes>)]
+    notes: Option<Option<Notes>>,
     /// Replaces the splits; `[]` removes them.
     splits: Option<Vec<SplitInput>>,
 }
@@ -650,15 +645,15 @@ async fn update_transaction(
     let amount =
         req.amount.as_deref().and_then(|a| errors.keep(parse_amount("amount", currency, a))).unwrap_or(current.amount);
     let payee = match &req.payee {
-        Some(p) => errors.keep(optional_text("payee", p.as_deref(), 200)).flatten(),
+        Some(p) => optional_text(p.as_deref()),
         None => current.payee.clone(),
     };
     let description = match &req.description {
-        Some(d) => errors.keep(optional_text("description", d.as_deref(), 500)).flatten(),
+        Some(d) => optional_text(d.as_deref()),
         None => current.description.clone(),
     };
     let notes = match &req.notes {
-        Some(n) => errors.keep(optional_text("notes", n.as_deref(), 2000)).flatten(),
+        Some(n) => optional_text(n.as_deref()),
         None => current.notes.clone(),
     };
     let tags = match &req.tags {
@@ -670,7 +665,12 @@ async fn update_transaction(
         .remove(0)
         .splits
         .into_iter()
-        .map(|s| SplitInput { category_id: s.category_id, amount: s.amount, note: s.note })
+        .map(|s| SplitInput {
+            category_id: s.category_id,
+            amount: s.amount,
+            // Stored notes passed the same check on the way in.
+            note: s.note.as_deref().and_then(|n| SplitNote::parse(n).ok()),
+        })
         .collect();
     let split_inputs = req.splits.clone().unwrap_or(existing_splits);
     let category_id = match req.category_id {
@@ -694,7 +694,7 @@ async fn update_transaction(
     )
     .bind(id)
     .bind(amount)
-    .bind(req.date.unwrap_or(current.date))
+    .bind(req.date.map_or(current.date, IsoDate::get))
     .bind(payee)
     .bind(description)
     .bind(category_id)
@@ -771,20 +771,22 @@ pub struct ListTransactions {
     /// Matches the category, its subcategories, and splits in them.
     category_id: Option<Uuid>,
     /// First date, inclusive.
-    #[param(value_type = Option<String>, format = Date)]
-    from: Option<NaiveDate>,
+    from: Option<IsoDate>,
     /// Last date, inclusive.
-    #[param(value_type = Option<String>, format = Date)]
-    to: Option<NaiveDate>,
+    to: Option<IsoDate>,
     /// Decimal string; compared exactly in each transaction's currency.
+    #[param(value_type = Option<String>, pattern = r"^-?[0-9]+(\.[0-9]+)?$", max_length = 40)]
     min_amount: Option<String>,
+    #[param(value_type = Option<String>, pattern = r"^-?[0-9]+(\.[0-9]+)?$", max_length = 40)]
     max_amount: Option<String>,
     /// Text in the payee or description (case-insensitive).
-    q: Option<String>,
-    tag: Option<String>,
+    q: Option<Line<0, 200>>,
+    /// A tag, compared ignoring case; empty means any.
+    tag: Option<Line<0, 40>>,
     #[param(inline)]
     sort: Option<Sort>,
-    /// 1 to 200; default 50.
+    /// Default 50.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -881,10 +883,10 @@ async fn list_transactions(
             .push_bind(category_id)
             .push(")))");
     }
-    if let Some(from) = q.from {
+    if let Some(from) = q.from.map(IsoDate::get) {
         sql.push(" AND t.date >= ").push_bind(from);
     }
-    if let Some(to) = q.to {
+    if let Some(to) = q.to.map(IsoDate::get) {
         sql.push(" AND t.date <= ").push_bind(to);
     }
     const VALUE: &str = "(t.amount::numeric / (10::numeric ^ t.currency_exponent))";
@@ -894,7 +896,7 @@ async fn list_transactions(
     if let Some(max) = &q.max_amount {
         sql.push(format!(" AND {VALUE} <= ")).push_bind(max.clone()).push("::numeric");
     }
-    if let Some(text) = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+    if let Some(text) = q.q.as_deref().filter(|t| !t.is_empty()) {
         let pattern = format!("%{}%", text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
         sql.push(" AND (t.payee ILIKE ")
             .push_bind(pattern.clone())
@@ -902,7 +904,7 @@ async fn list_transactions(
             .push_bind(pattern)
             .push(")");
     }
-    if let Some(tag) = q.tag.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+    if let Some(tag) = q.tag.as_deref().filter(|t| !t.is_empty()) {
         sql.push(" AND ").push_bind(tag.to_owned()).push(" = ANY(t.tags)");
     }
     let (key_sql, direction, op) = match sort {
