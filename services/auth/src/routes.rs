@@ -32,10 +32,12 @@ pub(crate) fn router(state: AuthState) -> OpenApiRouter {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    #[schema(example = "ada@example.com")]
+    /// Trimmed and lower-cased; the domain must have a dot.
+    #[schema(example = "ada@example.com", format = Email, max_length = 254)]
     email: String,
-    /// 12 to 128 characters; not a common password, not the email.
-    #[schema(example = "correct horse battery staple")]
+    /// 12 to 128 characters; not a common password, not the email, not one
+    /// character repeated.
+    #[schema(example = "correct horse battery staple", min_length = 12, max_length = 128)]
     password: String,
 }
 

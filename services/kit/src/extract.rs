@@ -245,6 +245,13 @@ mod objects_only {
                 Value::Array(items) => visitor.visit_seq(Seq(items.iter())),
                 Value::Object(map) => visitor.visit_map(Map { iter: map.iter(), value: None }),
                 Value::String(s) => visitor.visit_str(s),
+                // JSON has one number type, and JSON Schema counts `38.0` as
+                // an integer; serde would refuse it where an integer goes.
+                Value::Number(n) => match whole_number(n) {
+                    Some(Whole::Unsigned(u)) => visitor.visit_u64(u),
+                    Some(Whole::Signed(i)) => visitor.visit_i64(i),
+                    None => de::Deserializer::deserialize_any(self.0, visitor),
+                },
                 other => de::Deserializer::deserialize_any(other, visitor),
             }
         }
@@ -296,6 +303,23 @@ mod objects_only {
             bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
             bytes byte_buf unit unit_struct seq tuple tuple_struct map identifier ignored_any
         }
+    }
+
+    enum Whole {
+        Unsigned(u64),
+        Signed(i64),
+    }
+
+    /// A number written with a zero fraction (`38.0`) as the integer it is,
+    /// within the range a double holds exactly.
+    fn whole_number(n: &serde_json::Number) -> Option<Whole> {
+        const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+        let f = n.as_f64().filter(|_| n.is_f64())?;
+        if f.fract() != 0.0 || f.abs() > EXACT {
+            return None;
+        }
+        // Within ±2^53 the conversions are exact.
+        Some(if f >= 0.0 { Whole::Unsigned(f as u64) } else { Whole::Signed(f as i64) })
     }
 
     fn unexpected(value: &Value) -> de::Unexpected<'_> {
@@ -560,6 +584,19 @@ mod tests {
             "invalid value: integer `-1`, expected a non-negative integer");
         assert_eq!(api_terms("data did not match any variant of untagged enum Column"),
             "does not match any of the accepted forms");
+    }
+
+    #[test]
+    fn a_whole_number_with_a_zero_fraction_is_an_integer() {
+        #[derive(Debug, Deserialize)]
+        struct Rule {
+            interval: u32,
+            offset: i32,
+        }
+        let rule = parse_json::<Rule>(br#"{"interval": 38.0, "offset": -2.0}"#).unwrap();
+        assert_eq!((rule.interval, rule.offset), (38, -2));
+        let err = parse_json::<Rule>(br#"{"interval": 38.5, "offset": 0}"#).unwrap_err();
+        assert_eq!(details(err)[0].field, "interval");
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! What every service's OpenAPI document shares, written once.
 //!
-//! - [`complete`] adds to each operation the error answers it can give
+//! - [`complete`] states on every string a request may carry (bodies,
+//!   queries, paths, headers) the kit's rule against control characters
+//!   ([`crate::text`]), unless its schema already has a pattern, a format or
+//!   an enum; and it adds to each operation the error answers it can give
 //!   because of what it is: protected (401), taking a JSON body (400, 413,
 //!   415, 422), naming a resource in its path (400, 404), taking a query
 //!   (400), honouring `Idempotency-Key` (400, 409, 422), and what any request
@@ -16,23 +19,86 @@
 //! schemathesis against the document: a pattern that admits what the server
 //! refuses, or refuses what it admits, fails it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::response::{Response, ResponseBuilder};
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{ArrayItems, ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr, Schema};
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::money::Currency;
+use crate::text;
 
-/// Adds the common error answers to every operation of `doc`.
+/// States the text rule on request strings and adds the common error
+/// answers to every operation of `doc`.
 pub fn complete(doc: &mut OpenApi) {
+    let mut referenced = BTreeSet::new();
     for item in doc.paths.paths.values_mut() {
         let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
         for operation in operations.into_iter().flatten() {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if let Some(schema) = &mut parameter.schema {
+                    // A query, path or header value is one line.
+                    state_text_rule(schema, text::LINE_PATTERN, &mut referenced);
+                }
+            }
+            if let Some(body) = &mut operation.request_body {
+                for content in body.content.values_mut() {
+                    if let Some(schema) = &mut content.schema {
+                        state_text_rule(schema, text::BODY_PATTERN, &mut referenced);
+                    }
+                }
+            }
             add_common_responses(operation);
         }
+    }
+    // The components the requests use, and the ones those use in turn.
+    let Some(components) = &mut doc.components else { return };
+    let mut done = BTreeSet::new();
+    while let Some(name) = referenced.iter().find(|name| !done.contains(*name)).cloned() {
+        done.insert(name.clone());
+        if let Some(schema) = components.schemas.get_mut(&name) {
+            state_text_rule(schema, text::BODY_PATTERN, &mut referenced);
+        }
+    }
+}
+
+/// Gives every string schema under `schema` without a pattern, format or
+/// enum the `pattern`, and collects the names of the components it refers to.
+fn state_text_rule(schema: &mut RefOr<Schema>, pattern: &str, referenced: &mut BTreeSet<String>) {
+    let schema = match schema {
+        RefOr::Ref(reference) => {
+            if let Some(name) = reference.ref_location.strip_prefix("#/components/schemas/") {
+                referenced.insert(name.to_owned());
+            }
+            return;
+        }
+        RefOr::T(schema) => schema,
+    };
+    match schema {
+        Schema::Object(object) => {
+            let is_string = match &object.schema_type {
+                SchemaType::Type(Type::String) => true,
+                SchemaType::Array(types) => types.contains(&Type::String),
+                _ => false,
+            };
+            if is_string && object.pattern.is_none() && object.format.is_none() && object.enum_values.is_none() {
+                object.pattern = Some(pattern.to_owned());
+            }
+            for property in object.properties.values_mut() {
+                state_text_rule(property, pattern, referenced);
+            }
+        }
+        Schema::Array(array) => {
+            if let ArrayItems::RefOrSchema(items) = &mut array.items {
+                state_text_rule(items, pattern, referenced);
+            }
+        }
+        Schema::OneOf(one_of) => one_of.items.iter_mut().for_each(|s| state_text_rule(s, pattern, referenced)),
+        Schema::AllOf(all_of) => all_of.items.iter_mut().for_each(|s| state_text_rule(s, pattern, referenced)),
+        Schema::AnyOf(any_of) => any_of.items.iter_mut().for_each(|s| state_text_rule(s, pattern, referenced)),
+        _ => {}
     }
 }
 

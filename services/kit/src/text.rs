@@ -61,6 +61,11 @@ pub fn check_line(s: &str) -> Result<(), &'static str> {
 // ends mirrors the trimming: what is left must be long enough.
 const LINE_CHARS: &str = r"[^\u0000-\u001f\u007f-\u009f]";
 const TEXT_CHARS: &str = r"[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]";
+/// [`forbidden_in_body`] as a schema pattern: what every body string obeys.
+pub const BODY_PATTERN: &str = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$";
+/// [`forbidden_in_line`] as a schema pattern: what every query, path and
+/// header value obeys.
+pub const LINE_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]*$";
 const LINE_NONSPACE: &str = r"[^\s\u0000-\u001f\u007f-\u009f]";
 
 /// A single line of text of `MIN..=MAX` characters after trimming, with no

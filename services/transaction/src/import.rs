@@ -73,7 +73,9 @@ pub struct ImportRequest {
     /// chrono format of the date column; default `%Y-%m-%d`.
     #[schema(example = "%d/%m/%Y")]
     date_format: Option<String>,
-    /// The field separator; default ",".
+    /// The field separator: one printable ASCII character other than the
+    /// double quote, or a tab; default ",".
+    #[schema(min_length = 1, max_length = 1, pattern = r#"^[\t !#-~]$"#)]
     delimiter: Option<char>,
     /// Whether the first row names the columns; default true.
     has_header: Option<bool>,
@@ -208,8 +210,11 @@ async fn import_csv(
 /// The file's good rows and the reasons for the bad ones.
 fn parse_file(req: &ImportRequest, currency: Currency) -> ApiResult<(Vec<ParsedRow>, Vec<Rejection>)> {
     let delimiter = req.delimiter.unwrap_or(',');
-    if !delimiter.is_ascii() || delimiter == '"' || delimiter == '\n' {
-        return Err(ApiError::field("delimiter", "must be a single ASCII character other than a quote or newline"));
+    if !(delimiter == '\t' || delimiter.is_ascii_graphic() || delimiter == ' ') || delimiter == '"' {
+        return Err(ApiError::field(
+            "delimiter",
+            "must be one printable ASCII character other than the double quote, or a tab",
+        ));
     }
     let date_format = req.date_format.as_deref().unwrap_or("%Y-%m-%d");
     if chrono::format::StrftimeItems::new(date_format).any(|i| matches!(i, chrono::format::Item::Error)) {

@@ -771,8 +771,10 @@ pub struct ListTransactions {
     /// Matches the category, its subcategories, and splits in them.
     category_id: Option<Uuid>,
     /// First date, inclusive.
+    #[param(inline)]
     from: Option<IsoDate>,
     /// Last date, inclusive.
+    #[param(inline)]
     to: Option<IsoDate>,
     /// Decimal string; compared exactly in each transaction's currency.
     #[param(value_type = Option<String>, pattern = r"^-?[0-9]+(\.[0-9]+)?$", max_length = 40)]
@@ -780,8 +782,10 @@ pub struct ListTransactions {
     #[param(value_type = Option<String>, pattern = r"^-?[0-9]+(\.[0-9]+)?$", max_length = 40)]
     max_amount: Option<String>,
     /// Text in the payee or description (case-insensitive).
+    #[param(inline)]
     q: Option<Line<0, 200>>,
     /// A tag, compared ignoring case; empty means any.
+    #[param(inline)]
     tag: Option<Line<0, 40>>,
     #[param(inline)]
     sort: Option<Sort>,

@@ -3,6 +3,7 @@
 
 mod auth;
 mod budgets;
+mod contract;
 mod events;
 mod helpers;
 mod import;
