@@ -2,8 +2,11 @@
 //! login, refresh, logout, me.
 //!
 //! Access tokens are 15-minute HS256 JWTs that every service verifies on its
-//! own (see `freedumb_kit::auth`). Refresh tokens are opaque and rotate on
-//! every use (see [`refresh_tokens`]). Logins are throttled (see [`throttle`]).
+//! own (see `freedumb_kit::auth`); each names its sign-in (`sid`, the refresh
+//! token family), and logout or a reused refresh token records the end of
+//! that sign-in in Redis, where every service checks it. Refresh tokens are
+//! opaque and rotate on every use (see [`refresh_tokens`]). Logins are
+//! throttled (see [`throttle`]).
 
 mod credentials;
 mod password_hash;

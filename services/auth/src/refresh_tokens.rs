@@ -67,15 +67,24 @@ pub struct StoredToken {
     pub user_id: Uuid,
     pub expires_at: DateTime<Utc>,
     pub used_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
+    /// When the token's family (its sign-in) was last revoked, if ever.
+    ///
+    /// The family, not the token: a refresh that commits while a
+    /// revocation's `UPDATE` waits for its row lock inserts a successor the
+    /// `UPDATE` never sees (read committed re-checks the rows it found, it
+    /// does not look for new ones). That successor is live by its own row,
+    /// and refused by its family's.
+    pub family_revoked_at: Option<DateTime<Utc>>,
 }
 
 /// The token with this hash, locked until the transaction ends, so two
 /// concurrent refreshes with one token are serialised.
 pub async fn find_for_update(conn: &mut PgConnection, token_hash: &[u8]) -> anyhow::Result<Option<StoredToken>> {
     sqlx::query_as(
-        "SELECT id, family_id, user_id, expires_at, used_at, revoked_at
-         FROM auth.refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+        "SELECT t.id, t.family_id, t.user_id, t.expires_at, t.used_at,
+                (SELECT max(f.revoked_at) FROM auth.refresh_tokens f WHERE f.family_id = t.family_id)
+                    AS family_revoked_at
+         FROM auth.refresh_tokens t WHERE t.token_hash = $1 FOR UPDATE OF t",
     )
     .bind(token_hash)
     .fetch_optional(conn)

@@ -159,23 +159,40 @@ async fn login(
 }
 
 /// A new token family: the first refresh token of a sign-in.
+/// A new token family: the first refresh token of a sign-in. The family's
+/// id is the sign-in id (`sid`) of its access tokens.
 async fn start_family(state: &AuthState, user_id: Uuid) -> ApiResult<Tokens> {
     let refresh_token = refresh_tokens::generate();
+    let family_id = Uuid::now_v7();
     let mut conn = state.platform.db.pool.acquire().await.context("failed to get a database connection")?;
     refresh_tokens::insert(
         &mut conn,
         user_id,
-        Uuid::now_v7(),
+        family_id,
         &state.hasher.hash(&refresh_token),
         expiry(state.settings.refresh_ttl)?,
     )
     .await?;
-    tokens(state, user_id, refresh_token)
+    tokens(state, user_id, family_id, refresh_token)
 }
 
-fn tokens(state: &AuthState, user_id: Uuid, refresh_token: String) -> ApiResult<Tokens> {
-    let (access_token, _) = state.platform.jwt.issue(user_id, state.settings.access_ttl)?;
+fn tokens(state: &AuthState, user_id: Uuid, family_id: Uuid, refresh_token: String) -> ApiResult<Tokens> {
+    let (access_token, _) = state.platform.jwt.issue(user_id, family_id, state.settings.access_ttl)?;
     Ok(Tokens { access_token, token_type: "Bearer", expires_in: state.settings.access_ttl.as_secs(), refresh_token })
+}
+
+/// Refuses the access tokens of sign-in `family_id` in every service.
+///
+/// Called after the family's revocation has committed: from then on no
+/// refresh of the family succeeds, and a refresh that got in first signed
+/// its access token before committing, so every token of the sign-in was
+/// issued before this call and dies with it. If Redis cannot record it,
+/// the client is told to retry (503), and a retry finds the family revoked
+/// and records it then.
+async fn end_sign_in(state: &AuthState, family_id: Uuid) -> ApiResult<()> {
+    state.platform.jwt.revocations().revoke(family_id, state.settings.access_ttl).await.map_err(|err| {
+        ApiError::dependency_down("unavailable", "the sign-in could not be ended yet; try again shortly", 5, err)
+    })
 }
 
 fn expiry(ttl: Duration) -> anyhow::Result<DateTime<Utc>> {
@@ -189,10 +206,12 @@ pub struct RefreshRequest {
 }
 
 /// Exchanges a refresh token for new tokens. The old refresh token stops
-/// working; presenting it again revokes every token of its sign-in.
+/// working; presenting it again ends its sign-in: its refresh tokens and its
+/// access tokens stop working in every service.
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest, responses(
     (status = 200, body = Tokens),
     (status = 401, body = ErrorBody, description = "unknown, expired, revoked or reused token"),
+    (status = 503, body = ErrorBody, description = "Redis is down: the sign-in could not be ended; see Retry-After"),
     (status = "4XX", body = ErrorBody),
 ))]
 async fn refresh(State(state): State<AuthState>, Json(req): Json<RefreshRequest>) -> ApiResult<Json<Tokens>> {
@@ -201,7 +220,14 @@ async fn refresh(State(state): State<AuthState>, Json(req): Json<RefreshRequest>
     let Some(token) = refresh_tokens::find_for_update(tx.conn(), &presented).await? else {
         return Err(ApiError::unauthorized("the refresh token is invalid"));
     };
-    if token.revoked_at.is_some() {
+    if let Some(revoked_at) = token.family_revoked_at {
+        drop(tx);
+        // While the sign-in's access tokens may still be alive, record its
+        // end again: the first attempt may have found Redis down.
+        let alive_for = state.settings.access_ttl + Duration::from_secs(freedumb_kit::auth::LEEWAY_SECS + 1);
+        if Utc::now() < revoked_at + chrono::Duration::from_std(alive_for)? {
+            end_sign_in(&state, token.family_id).await?;
+        }
         return Err(ApiError::unauthorized("the refresh token has been revoked"));
     }
     if token.used_at.is_some() {
@@ -209,6 +235,7 @@ async fn refresh(State(state): State<AuthState>, Json(req): Json<RefreshRequest>
         let revoked = refresh_tokens::revoke_family(tx.conn(), token.family_id).await?;
         tx.commit().await.context("failed to commit a family revocation")?;
         tracing::warn!(user_id = %token.user_id, family_id = %token.family_id, revoked, "refresh token reused; sign-in revoked");
+        end_sign_in(&state, token.family_id).await?;
         return Err(ApiError::unauthorized("the refresh token was already used; sign in again"));
     }
     if token.expires_at <= Utc::now() {
@@ -224,14 +251,21 @@ async fn refresh(State(state): State<AuthState>, Json(req): Json<RefreshRequest>
         expiry(state.settings.refresh_ttl)?,
     )
     .await?;
+    // Signed before the commit, so the access token is older than any
+    // revocation of the family that waited for this transaction's locks
+    // (see `end_sign_in`).
+    let tokens = tokens(&state, token.user_id, token.family_id, next)?;
     tx.commit().await.context("failed to commit a token rotation")?;
-    Ok(Json(tokens(&state, token.user_id, next)?))
+    Ok(Json(tokens))
 }
 
-/// Signs out: the refresh token and every token of its sign-in stop working.
-/// Answers 204 for unknown tokens too, so it can be retried safely.
+/// Signs out: the refresh tokens of this sign-in stop working, and so do its
+/// access tokens, in every service, on their next request. Other sign-ins of
+/// the user are not affected. Answers 204 for unknown and already revoked
+/// tokens too, so it can be retried safely; a 503 must be retried.
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", request_body = RefreshRequest, responses(
     (status = 204, description = "signed out"),
+    (status = 503, body = ErrorBody, description = "Redis is down: the access tokens may still work; retry after Retry-After"),
     (status = "4XX", body = ErrorBody),
 ))]
 async fn logout(State(state): State<AuthState>, Json(req): Json<RefreshRequest>) -> ApiResult<StatusCode> {
@@ -240,6 +274,9 @@ async fn logout(State(state): State<AuthState>, Json(req): Json<RefreshRequest>)
     if let Some(token) = refresh_tokens::find_for_update(tx.conn(), &presented).await? {
         refresh_tokens::revoke_family(tx.conn(), token.family_id).await?;
         tx.commit().await.context("failed to commit a logout")?;
+        // Even when the family was revoked before: a retry after a 503
+        // finishes the job here.
+        end_sign_in(&state, token.family_id).await?;
         tracing::info!(user_id = %token.user_id, "signed out");
     }
     Ok(StatusCode::NO_CONTENT)
@@ -248,7 +285,8 @@ async fn logout(State(state): State<AuthState>, Json(req): Json<RefreshRequest>)
 /// The signed-in user.
 #[utoipa::path(get, path = "/v1/auth/me", tag = "auth", security(("bearer" = [])), responses(
     (status = 200, body = User),
-    (status = 401, body = ErrorBody, description = "missing, invalid or expired access token"),
+    (status = 401, body = ErrorBody, description = "missing, invalid or expired access token, or its sign-in has ended (logout, reused refresh token)"),
+    (status = 503, body = ErrorBody, description = "Redis is down, so whether the sign-in has ended cannot be checked; see Retry-After"),
 ))]
 async fn me(State(state): State<AuthState>, user: AuthUser) -> ApiResult<Json<User>> {
     let pool = state.platform.db.pool.clone();

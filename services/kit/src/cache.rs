@@ -220,3 +220,31 @@ impl Cache {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Redis trouble is never the caller's: with Redis unreachable, every
+    /// read is a miss served by `load`, and counted as one. (Requests that
+    /// authenticate fail closed without Redis, see `crate::auth`, so this is
+    /// shown here rather than through the ledger's routes.)
+    #[tokio::test]
+    async fn an_unreachable_redis_is_a_counted_miss_served_from_the_source() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let redis = Redis::new(&SecretString::from(format!("redis://127.0.0.1:{closed}")), "test:").unwrap();
+        let metrics = Metrics::new();
+        let cache = Cache::new(redis, metrics.clone());
+        for _ in 0..2 {
+            let balance: Option<String> = cache
+                .get_or_load_versioned("balance", "account", Duration::from_secs(60), || async {
+                    Ok::<_, anyhow::Error>(Some("7.50".to_owned()))
+                })
+                .await
+                .unwrap();
+            assert_eq!(balance.as_deref(), Some("7.50"));
+        }
+        let text = metrics.render();
+        assert!(text.contains(r#"cache_misses_total{cache_key_prefix="balance"} 2"#), "{text}");
+    }
+}

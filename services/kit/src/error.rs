@@ -198,6 +198,20 @@ impl ApiError {
     pub(crate) fn report(&self) -> ErrorReport {
         ErrorReport { body: self.body(None), cause: self.source.as_ref().map(|e| format!("{e:#}")) }
     }
+
+    /// 503 for a dependency that is down: says when to retry, and keeps
+    /// `source` (logged by `observe`, never sent) so the log says why.
+    pub fn dependency_down(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after_secs: u64,
+        source: anyhow::Error,
+    ) -> Self {
+        let mut err = Self::unavailable(code, message);
+        err.retry_after_secs = Some(retry_after_secs.max(1));
+        err.source = Some(source);
+        err
+    }
 }
 
 impl<E: Into<anyhow::Error>> From<E> for ApiError {

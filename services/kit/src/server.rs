@@ -56,13 +56,27 @@ struct BaseDoc;
 
 struct BearerAuth;
 
+/// What every operation secured by `bearer` answers about its token.
+const BEARER_DESCRIPTION: &str = "An access token from `POST /v1/auth/login` or `/v1/auth/refresh`. \
+Every secured operation answers 401 (with `WWW-Authenticate: Bearer`) when the token is missing, \
+malformed, forged or expired, or when its sign-in has ended: after `POST /v1/auth/logout`, or after \
+a used refresh token of that sign-in was presented again. Other sign-ins of the user keep working. \
+It answers 503 with `Retry-After` while the store of ended sign-ins (Redis) cannot be reached, \
+because whether the token is still good is then unknown.";
+
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(BEARER_DESCRIPTION))
+                    .build(),
+            ),
         );
     }
 }

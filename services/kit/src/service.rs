@@ -19,7 +19,7 @@ use sqlx::migrate::Migrator;
 pub use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::auth::JwtKeys;
+use crate::auth::{JwtKeys, Revocations};
 use crate::cache::{Cache, Redis};
 use crate::client_ip::TrustedProxies;
 use crate::config::{Config, ConfigError, Env};
@@ -122,19 +122,19 @@ impl Platform {
         let metrics = Metrics::new();
         let pool = db::lazy_pool(&config.database_url, config.database_max_connections)?;
         let redis = Redis::new(&config.redis_url, &config.redis_key_prefix)?;
+        let revocations = Revocations::new(redis.clone());
         Ok(Platform {
             db: Db::new(pool, metrics.clone()),
             cache: Cache::new(redis.clone(), metrics.clone()),
             redis,
             jwt: match &config.jwt_access_secret {
-                Some(secret) => JwtKeys::new(secret),
+                Some(secret) => JwtKeys::new(secret, revocations),
                 // No route here verifies a token; should one ever try, a key
                 // nobody knows makes every token fail verification.
-                None => JwtKeys::new(&SecretString::from(format!(
-                    "{}{}",
-                    uuid::Uuid::new_v4().simple(),
-                    uuid::Uuid::new_v4().simple()
-                ))),
+                None => JwtKeys::new(
+                    &SecretString::from(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())),
+                    revocations,
+                ),
             },
             trusted_proxies: TrustedProxies(Arc::new(config.trusted_proxies.clone())),
             metrics,

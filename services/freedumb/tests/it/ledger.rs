@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{SignedIn, TestApp, error_body, spawn_app, spawn_app_with};
+use crate::helpers::{SignedIn, TestApp, error_body, spawn_app};
 
 impl TestApp {
     pub async fn send(&self, user: &SignedIn, method: &str, path: &str, body: Option<Value>) -> reqwest::Response {
@@ -417,26 +417,6 @@ async fn the_balance_is_exact_with_eight_concurrent_writers() {
     assert_eq!(app.balance(&user, &account).await, expected);
     let listed = app.ok(&user, "GET", "/v1/accounts", None).await;
     assert_eq!(listed["items"][0]["balance"], expected.as_str());
-}
-
-#[tokio::test]
-async fn balances_stay_right_when_redis_is_gone() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let app = spawn_app().await;
-    let user = app.signed_in_user().await;
-    // A second app on the same database whose Redis is unreachable.
-    let db_url = app.db.url.clone();
-    let no_redis = spawn_app_with(|env| {
-        env.insert("DATABASE_URL".into(), db_url);
-        env.insert("REDIS_URL".into(), format!("redis://127.0.0.1:{closed}"));
-    })
-    .await;
-    let account = no_redis.account(&user, "USD", "10.00").await;
-    no_redis.spend(&user, &account, "-2.50", "2026-11-11").await;
-    assert_eq!(no_redis.balance(&user, &account).await, "7.50");
-    assert_eq!(no_redis.balance(&user, &account).await, "7.50");
-    let metrics = no_redis.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains(r#"cache_misses_total{cache_key_prefix="balance"} 2"#), "{metrics}");
 }
 
 #[tokio::test]

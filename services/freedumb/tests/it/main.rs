@@ -13,3 +13,4 @@ mod observability;
 mod process;
 mod readiness;
 mod recurring;
+mod sign_out;
