@@ -12,8 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::{DateTime, Days, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use freedumb_kit::auth::AuthUser;
+use freedumb_kit::date::IsoDate;
 use freedumb_kit::extract::{Json, Path, Query};
 use freedumb_kit::idempotency::{self, IdempotencyKey};
 use freedumb_kit::money::Currency;
@@ -26,7 +27,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::period::Period;
-use crate::{BudgetState, SCHEMA, fingerprint, summary};
+use crate::{BudgetState, SCHEMA, fingerprint, stored_date, summary};
 
 pub(crate) fn router() -> OpenApiRouter<BudgetState> {
     OpenApiRouter::new().routes(routes!(create_budget, list_budgets)).routes(routes!(
@@ -57,34 +58,38 @@ pub(crate) struct BudgetRow {
 pub struct BudgetStatus {
     id: Uuid,
     category_id: Uuid,
+    #[schema(value_type = freedumb_kit::openapi::CurrencyCode)]
     currency: String,
     period: Period,
     /// The amount per period, as set.
-    #[schema(example = "400.00")]
+    #[schema(value_type = freedumb_kit::openapi::PositiveAmount)]
     amount: String,
     rollover: bool,
-    #[schema(value_type = String, format = Date)]
-    period_start: NaiveDate,
-    /// The last day of the period, inclusive.
-    #[schema(value_type = String, format = Date)]
-    period_end: NaiveDate,
-    /// This period's amount plus, with rollover, what earlier periods left over.
-    #[schema(example = "450.00")]
+    period_start: IsoDate,
+    /// The last day of the period, inclusive; 9999-12-31 for the one period
+    /// that runs past it (the ISO week of 9999-12-31 ends on 10000-01-02, a
+    /// date the API does not write, and nothing can be spent after
+    /// 9999-12-31).
+    period_end: IsoDate,
+    /// This period's amount plus, with rollover, what earlier periods left
+    /// over (or minus what they overspent).
+    #[schema(value_type = freedumb_kit::openapi::Amount)]
     budgeted: String,
     /// Money out minus refunds in the period.
-    #[schema(example = "369.20")]
+    #[schema(value_type = freedumb_kit::openapi::Amount)]
     spent: String,
-    #[schema(example = "80.80")]
+    /// Budgeted minus spent; negative when overspent.
+    #[schema(value_type = freedumb_kit::openapi::Amount)]
     remaining: String,
     /// Spent as a percentage of budgeted, one decimal; null when nothing is budgeted.
-    #[schema(example = "82.0")]
+    #[schema(example = "82.0", pattern = r"^-?[0-9]+\.[0-9]$")]
     percent_used: Option<String>,
     created_at: DateTime<Utc>,
 }
 
 /// The numbers behind a status, in minor units.
 pub(crate) struct Measured {
-    pub period_start: NaiveDate,
+    pub period_start: IsoDate,
     pub budgeted: i64,
     pub spent: i64,
     /// Tenths of a percent, or `None` when nothing is budgeted.
@@ -102,7 +107,7 @@ impl Measured {
 }
 
 /// Money out in `[from, to)` for the category (and its subcategories).
-async fn spent(conn: &mut PgConnection, row: &BudgetRow, from: NaiveDate, to: NaiveDate) -> anyhow::Result<i64> {
+async fn spent(conn: &mut PgConnection, row: &BudgetRow, from: IsoDate, to: NaiveDate) -> anyhow::Result<i64> {
     sqlx::query_scalar(
         "SELECT COALESCE(-SUM(amount), 0)::bigint FROM budget.spending
          WHERE user_id = $1 AND currency = $2 AND (category_id = $3 OR parent_category_id = $3) AND date >= $4 AND date < $5",
@@ -110,21 +115,21 @@ async fn spent(conn: &mut PgConnection, row: &BudgetRow, from: NaiveDate, to: Na
     .bind(row.user_id)
     .bind(&row.currency)
     .bind(row.category_id)
-    .bind(from)
+    .bind(from.get())
     .bind(to)
     .fetch_one(conn)
     .await
     .context("failed to sum spending")
 }
 
-pub(crate) async fn measure(conn: &mut PgConnection, row: &BudgetRow, date: NaiveDate) -> anyhow::Result<Measured> {
+pub(crate) async fn measure(conn: &mut PgConnection, row: &BudgetRow, date: IsoDate) -> anyhow::Result<Measured> {
     let period_start = row.period.start_of(date);
     let next = row.period.next(period_start);
     let spent_now = spent(conn, row, period_start, next).await?;
-    let first = row.period.start_of(row.starts_on);
+    let first = row.period.start_of(stored_date(row.starts_on));
     let carried = if row.rollover && period_start > first {
         let periods = row.period.count_between(first, period_start);
-        let spent_before = spent(conn, row, first, period_start).await?;
+        let spent_before = spent(conn, row, first, period_start.get()).await?;
         row.amount.saturating_mul(periods).saturating_sub(spent_before)
     } else {
         0
@@ -135,10 +140,10 @@ pub(crate) async fn measure(conn: &mut PgConnection, row: &BudgetRow, date: Naiv
     Ok(Measured { period_start, budgeted, spent: spent_now, per_mille })
 }
 
-pub(crate) async fn status(conn: &mut PgConnection, row: &BudgetRow, date: NaiveDate) -> anyhow::Result<BudgetStatus> {
+pub(crate) async fn status(conn: &mut PgConnection, row: &BudgetRow, date: IsoDate) -> anyhow::Result<BudgetStatus> {
     let currency = Currency::from_code(&row.currency).with_context(|| format!("unknown currency {}", row.currency))?;
     let m = measure(conn, row, date).await?;
-    let period_end = row.period.next(m.period_start).checked_sub_days(Days::new(1)).unwrap_or(m.period_start);
+    let period_end = row.period.last_day(m.period_start);
     Ok(BudgetStatus {
         id: row.id,
         category_id: row.category_id,
@@ -182,19 +187,22 @@ pub(crate) async fn for_user(conn: &mut PgConnection, user_id: Uuid) -> anyhow::
 pub struct CreateBudget {
     /// A category of the caller's, from `/v1/categories`.
     category_id: Uuid,
-    #[schema(example = "USD")]
+    #[schema(value_type = freedumb_kit::openapi::CurrencyCode)]
     currency: String,
-    /// Per period; a positive decimal string.
-    #[schema(example = "400.00")]
+    /// Per period.
+    #[schema(value_type = freedumb_kit::openapi::PositiveAmount)]
     amount: String,
     period: Period,
     /// Carry what is left (or overspent) into the next period; default false.
     #[serde(default)]
     rollover: bool,
-    /// When the budget begins; default: the start of the current period.
-    #[schema(value_type = Option<String>, format = Date)]
-    starts_on: Option<NaiveDate>,
+    /// When the budget begins (the start of the period containing it);
+    /// default: the start of the current period.
+    starts_on: Option<IsoDate>,
 }
+
+/// What a budget's amount must be beyond its schema, for the 422s.
+const AMOUNT_RULES: &str = "`amount` has more decimals than the currency's minor unit or exceeds 10^15 minor units";
 
 fn parse_currency_amount(currency: &str, amount: &str) -> Result<(Currency, i64), ApiError> {
     let mut errors = FieldErrors::default();
@@ -217,9 +225,9 @@ fn parse_currency_amount(currency: &str, amount: &str) -> Result<(Currency, i64)
 
 /// Sets a budget for a category and period.
 #[utoipa::path(post, path = "/v1/budgets", tag = "budgets", security(("bearer" = [])), request_body = CreateBudget,
-    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body return the first answer")),
+    params(IdempotencyKey),
     responses((status = 201, body = BudgetStatus), (status = 409, body = ErrorBody, description = "the category has a budget for this period already"),
-        (status = "4XX", body = ErrorBody)))]
+        (status = 422, body = ErrorBody, description = AMOUNT_RULES)))]
 async fn create_budget(
     State(state): State<BudgetState>,
     user: AuthUser,
@@ -227,7 +235,7 @@ async fn create_budget(
     Json(req): Json<CreateBudget>,
 ) -> ApiResult<axum::response::Response> {
     let (currency, amount) = parse_currency_amount(&req.currency, &req.amount)?;
-    let today = Utc::now().date_naive();
+    let today = IsoDate::today();
     let starts_on = req.period.start_of(req.starts_on.unwrap_or(today));
     let fp = fingerprint("POST /v1/budgets", &req);
     idempotency::run(&state.platform.db, SCHEMA, user.user_id, &key, &fp, move |tx| {
@@ -244,7 +252,7 @@ async fn create_budget(
             .bind(amount)
             .bind(req.period)
             .bind(req.rollover)
-            .bind(starts_on)
+            .bind(starts_on.get())
             .execute(tx.conn())
             .await
             .context("failed to insert a budget")?
@@ -266,9 +274,11 @@ async fn create_budget(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AsOf {
-    /// Report the period containing this date; default today.
-    #[param(value_type = Option<String>, format = Date)]
-    date: Option<NaiveDate>,
+    /// Report the period containing this date; default today. The period is
+    /// the ISO week, month or year around it; the week of 9999-12-31 is
+    /// reported as ending on 9999-12-31, the last date the API writes.
+    #[param(inline)]
+    date: Option<IsoDate>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -278,18 +288,18 @@ pub struct BudgetList {
 
 /// Every budget of the caller's with its status for one period.
 #[utoipa::path(get, path = "/v1/budgets", tag = "budgets", security(("bearer" = [])), params(AsOf),
-    responses((status = 200, body = BudgetList), (status = "4XX", body = ErrorBody)))]
+    responses((status = 200, body = BudgetList)))]
 async fn list_budgets(
     State(state): State<BudgetState>,
     user: AuthUser,
     Query(q): Query<AsOf>,
 ) -> ApiResult<Json<BudgetList>> {
-    let date = q.date.unwrap_or_else(|| Utc::now().date_naive());
+    let date = q.date.unwrap_or_else(IsoDate::today);
     Ok(Json(BudgetList { items: statuses(&state, user.user_id, date).await? }))
 }
 
 /// The caller's budget statuses for `date`, through the summary cache.
-async fn statuses(state: &BudgetState, user_id: Uuid, date: NaiveDate) -> ApiResult<Vec<BudgetStatus>> {
+async fn statuses(state: &BudgetState, user_id: Uuid, date: IsoDate) -> ApiResult<Vec<BudgetStatus>> {
     let pool = state.platform.db.pool.clone();
     let mut conn = pool.acquire().await.context("failed to get a connection")?;
     // The version comes from Postgres, written in the same transactions as
@@ -316,14 +326,14 @@ async fn statuses(state: &BudgetState, user_id: Uuid, date: NaiveDate) -> ApiRes
 
 /// One budget's status.
 #[utoipa::path(get, path = "/v1/budgets/{id}", tag = "budgets", security(("bearer" = [])), params(("id" = Uuid, Path), AsOf),
-    responses((status = 200, body = BudgetStatus), (status = 404, body = ErrorBody), (status = "4XX", body = ErrorBody)))]
+    responses((status = 200, body = BudgetStatus)))]
 async fn get_budget(
     State(state): State<BudgetState>,
     user: AuthUser,
     Path(id): Path<Uuid>,
     Query(q): Query<AsOf>,
 ) -> ApiResult<Json<BudgetStatus>> {
-    let date = q.date.unwrap_or_else(|| Utc::now().date_naive());
+    let date = q.date.unwrap_or_else(IsoDate::today);
     statuses(&state, user.user_id, date)
         .await?
         .into_iter()
@@ -335,20 +345,23 @@ async fn get_budget(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateBudget {
+    /// The new amount per period.
+    #[schema(value_type = Option<freedumb_kit::openapi::PositiveAmount>)]
     amount: Option<String>,
     rollover: Option<bool>,
 }
 
 /// Changes a budget's amount or rollover.
 #[utoipa::path(patch, path = "/v1/budgets/{id}", tag = "budgets", security(("bearer" = [])), params(("id" = Uuid, Path)),
-    request_body = UpdateBudget, responses((status = 200, body = BudgetStatus), (status = 404, body = ErrorBody), (status = "4XX", body = ErrorBody)))]
+    request_body = UpdateBudget,
+    responses((status = 200, body = BudgetStatus), (status = 422, body = ErrorBody, description = AMOUNT_RULES)))]
 async fn update_budget(
     State(state): State<BudgetState>,
     user: AuthUser,
     Path(id): Path<Uuid>,
     Json(req): Json<UpdateBudget>,
 ) -> ApiResult<Json<BudgetStatus>> {
-    let today = Utc::now().date_naive();
+    let today = IsoDate::today();
     let mut tx = state.platform.db.begin().await.context("failed to begin")?;
     let current = find(tx.conn(), user.user_id, id).await?;
     let amount = match &req.amount {
@@ -373,7 +386,7 @@ async fn update_budget(
 
 /// Deletes a budget.
 #[utoipa::path(delete, path = "/v1/budgets/{id}", tag = "budgets", security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = "4XX", body = ErrorBody)))]
+    responses((status = 204, description = "deleted")))]
 async fn delete_budget(
     State(state): State<BudgetState>,
     user: AuthUser,

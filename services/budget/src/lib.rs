@@ -13,8 +13,10 @@ pub mod spending;
 mod summary;
 
 use axum::extract::FromRef;
+use chrono::NaiveDate;
 use freedumb_kit::auth::JwtKeys;
 use freedumb_kit::config::{ConfigError, Env};
+use freedumb_kit::date::IsoDate;
 use freedumb_kit::events::{Consumer, ConsumerConfig, Relay, RelayConfig, rabbitmq_url};
 use freedumb_kit::idempotency::fingerprint;
 use freedumb_kit::service::BackgroundTask;
@@ -67,6 +69,15 @@ impl Service for BudgetService {
             .with_config(RelayConfig { exchange, ..RelayConfig::default() });
         Ok(vec![consumer.into_task(), relay.into_task()])
     }
+}
+
+/// A date read back from the `budget` schema as the API may show it.
+///
+/// Every date column is constrained to 1900-01-01..=9999-12-31 (see the
+/// migration `dates_in_range`), so this never clamps in practice; it keeps
+/// reading total rather than turning a broken invariant into a panic.
+fn stored_date(date: NaiveDate) -> IsoDate {
+    IsoDate::new(date).unwrap_or(if date < IsoDate::MIN.get() { IsoDate::MIN } else { IsoDate::MAX })
 }
 
 #[derive(Clone)]

@@ -7,7 +7,7 @@
 //! hands each event id to this handler once. Transfers are not spending.
 
 use anyhow::Context;
-use chrono::NaiveDate;
+use freedumb_kit::date::IsoDate;
 use freedumb_kit::events::{Event, EventHandler, HandleError};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -22,12 +22,15 @@ pub const THRESHOLD_CROSSED: &str = "budget.threshold_crossed";
 
 /// The transaction service's event payloads (its `events` module), as far
 /// as budgets need them. Services share the contract, never the code.
+///
+/// A transaction's date is an API date (`YYYY-MM-DD`, 1900–9999) by that
+/// contract; an event with any other is malformed, and poison.
 #[derive(Debug, Deserialize)]
 struct TransactionState {
     transaction_id: Uuid,
     user_id: Uuid,
     currency: String,
-    date: NaiveDate,
+    date: IsoDate,
     transfer_id: Option<Uuid>,
     allocations: Vec<Allocation>,
 }
@@ -96,7 +99,7 @@ async fn replace(conn: &mut PgConnection, state: &TransactionState) -> anyhow::R
         .bind(allocation.category_id)
         .bind(allocation.parent_category_id)
         .bind(&state.currency)
-        .bind(state.date)
+        .bind(state.date.get())
         .bind(allocation.amount_minor)
         .execute(&mut *conn)
         .await
@@ -124,7 +127,7 @@ struct ThresholdCrossed {
     budget_id: Uuid,
     user_id: Uuid,
     category_id: Uuid,
-    period_start: NaiveDate,
+    period_start: IsoDate,
     /// Percent of the budgeted amount: 80 or 100.
     threshold: i16,
     currency: String,
@@ -134,11 +137,7 @@ struct ThresholdCrossed {
 
 /// Announces each threshold the budget has reached in the period containing
 /// `date`, once per period and threshold.
-pub(crate) async fn check_thresholds(
-    conn: &mut PgConnection,
-    budget: &BudgetRow,
-    date: NaiveDate,
-) -> anyhow::Result<()> {
+pub(crate) async fn check_thresholds(conn: &mut PgConnection, budget: &BudgetRow, date: IsoDate) -> anyhow::Result<()> {
     let measured = budgets::measure(conn, budget, date).await?;
     for threshold in THRESHOLDS {
         if !measured.reached(threshold) {
@@ -148,7 +147,7 @@ pub(crate) async fn check_thresholds(
             "INSERT INTO budget.threshold_crossings (budget_id, period_start, threshold) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(budget.id)
-        .bind(measured.period_start)
+        .bind(measured.period_start.get())
         .bind(threshold)
         .execute(&mut *conn)
         .await

@@ -2,6 +2,7 @@
 //! module per story.
 
 mod auth;
+mod budget_input;
 mod budgets;
 mod contract;
 mod events;
