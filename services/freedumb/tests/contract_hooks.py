@@ -47,10 +47,6 @@ FALSE_POSITIVES = {
         "a split transaction takes its categories from its splits: not both",
     ("POST /v1/transactions/transfers", 422, "validation_failed", "to_account_id"):
         "the two accounts must differ and share a currency",
-    ("POST /v1/transactions/import", 422, "validation_failed", "mapping.date"):
-        "the mapping names columns of the file in the same request",
-    ("POST /v1/transactions/import", 422, "validation_failed", "mapping.amount"):
-        "the mapping names columns of the file in the same request",
     ("POST /v1/recurring", 422, "validation_failed", "start_date"):
         "a rule starts at most 366 days before today, a bound that moves with the date",
     ("POST /v1/recurring", 422, "validation_failed", "end_date"):
@@ -82,6 +78,14 @@ MESSAGE_FALSE_POSITIVES = {
         "`format: email` admits name@localhost and address literals; no one receives mail there",
 }
 
+# Fields under a prefix: the CSV import's mapping names columns (or
+# indexes) of the file in the same request, and says which of amount and
+# debit/credit it uses.
+PREFIX_FALSE_POSITIVES = {
+    ("POST /v1/transactions/import", "mapping."):
+        "the mapping must name columns the file has, and either `amount` or `debit`/`credit`",
+}
+
 
 def _explained(label, status, code, detail):
     field, message = detail.get("field"), detail.get("message") or ""
@@ -89,6 +93,10 @@ def _explained(label, status, code, detail):
         return True
     if status == 422 and any(
         (label, field) == (l, f) and message.startswith(m) for (l, f, m) in MESSAGE_FALSE_POSITIVES
+    ):
+        return True
+    if status == 422 and any(
+        label == l and (field or "").startswith(p) for (l, p) in PREFIX_FALSE_POSITIVES
     ):
         return True
     leaf = (field or "").rsplit(".", 1)[-1].split("[", 1)[0]

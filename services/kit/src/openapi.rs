@@ -108,6 +108,7 @@ fn common_causes(operation: &Operation) -> BTreeMap<u16, Vec<&'static str>> {
     let mut add = |status: u16, cause: &'static str| causes.entry(status).or_default().push(cause);
     if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
         add(401, "the access token is missing, malformed, expired or revoked");
+        add(503, "Redis, which holds the ended sign-ins, is unreachable, so no token can be trusted; retry after `Retry-After` seconds");
     }
     let json_body = operation.request_body.as_ref().is_some_and(|b| b.content.keys().any(|c| c == "application/json"));
     if json_body {

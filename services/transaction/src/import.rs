@@ -40,12 +40,32 @@ const MAX_ROWS: usize = 50_000;
 
 /// Which CSV column holds what: a header name, or a 0-based index when the
 /// file has no header row.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Column {
     Name(String),
-    Index(usize),
+    Index(u32),
 }
+
+// By hand: the derive cannot bound the index, and an index past u32 is
+// refused by the parser.
+impl utoipa::PartialSchema for Column {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String).description(Some("a header name")))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(u32::MAX))
+                    .description(Some("a 0-based column index")),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for Column {}
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -110,7 +130,7 @@ struct ParsedRow {
 
 fn resolve(column: &Column, headers: Option<&csv::StringRecord>, field: &str) -> ApiResult<usize> {
     match (column, headers) {
-        (Column::Index(i), _) => Ok(*i),
+        (Column::Index(i), _) => Ok(*i as usize),
         (Column::Name(name), Some(headers)) => {
             headers.iter().position(|h| h.trim().eq_ignore_ascii_case(name.trim())).ok_or_else(|| {
                 ApiError::field(&format!("mapping.{field}"), format!("the file has no column named {name:?}"))
