@@ -133,6 +133,23 @@ fn min_replicas_above_max_is_refused() {
     assert_eq!(err.message, "min replicas (5) is above max replicas (3)");
 }
 
+/// An environment's [defaults] reaches every workload, over what base.toml
+/// says of each: fine for sizing, but `secrets` there would replace the
+/// auth service's list (and drop its refresh-token key) without a word.
+#[test]
+fn an_environments_defaults_may_not_say_what_a_workload_is() {
+    let edit = replace("[defaults]\nreplicas", "[defaults]\nsecrets = [\"JWT_ACCESS_SECRET\"]\nreplicas");
+    let err = error("staging", &edit);
+    assert_eq!(err.position.file, Path::new("environments/staging.toml"));
+    assert_eq!(err.position.line, line_of("staging", &edit, "secrets = [\"JWT"));
+    assert_eq!(err.key.as_deref(), Some("defaults.secrets"));
+    assert!(err.message.contains("set it in the [services.NAME] or [workers.NAME] it is about"), "{err}");
+    let err = error("dev", replace("[defaults]\n", "[defaults]\nrequest_timeout_secs = 10\n"));
+    assert!(err.message.contains("platform.request_timeout_secs is the environment-wide one"), "{err}");
+    // Sizing is what an environment's defaults are for.
+    load_edited("dev", replace("[defaults]\n", "[defaults]\nresources = { requests = { cpu = \"100m\", memory = \"128Mi\" }, limits = { cpu = \"200m\", memory = \"256Mi\" } }\n")).unwrap();
+}
+
 #[test]
 fn a_secret_referenced_but_never_supplied_is_named_where_it_is_referenced() {
     let err = error("prod", replace("    \"JWT_REFRESH_SECRET\",\n", ""));

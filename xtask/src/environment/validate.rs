@@ -36,6 +36,7 @@ const PLATFORM_VARS: &[&str] = &[
 ];
 
 pub fn validate(env: &Environment, targets: &Targets) -> Result {
+    environment_defaults(env)?;
     kind_sections(env)?;
     names_and_targets(env, targets)?;
     ports(env)?;
@@ -125,6 +126,40 @@ pub fn image_reference(image: &str) -> std::result::Result<(), String> {
         if !valid {
             return Err(format!(
                 "`{component}`: a repository's path is lowercase letters and digits, with `.`, `_` or `-` between them"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a workload is, rather than how an environment runs it: its port,
+/// its routes, the secrets and backing services it needs, its request
+/// timeout. base.toml says these per service and worker.
+const WHAT_A_WORKLOAD_IS: &[&str] = &["port", "routes", "secrets", "uses", "request_timeout_secs"];
+
+/// An environment's `[defaults]` outranks what base.toml says of each
+/// service and worker (layers.rs), which is what sizing wants (staging's
+/// replicas reach the transaction service). For what a workload is, it would
+/// silently replace the workload's own value (`secrets` there would take the
+/// refresh-token key from auth), so an environment file may not set those
+/// in its `[defaults]`; base.toml's own `[defaults]` may, as the starting
+/// point each workload overrides.
+fn environment_defaults(env: &Environment) -> Result {
+    for name in WHAT_A_WORKLOAD_IS {
+        let at = key(&["defaults", name]);
+        if env.layered.origins.get(&at).is_some_and(|origin| origin.layer > 0) {
+            let hint = if *name == "request_timeout_secs" {
+                "; platform.request_timeout_secs is the environment-wide one, for workloads that name none"
+            } else {
+                ""
+            };
+            return Err(env.error_at(
+                &at,
+                format!(
+                    "`{name}` says what a workload is, and an environment's [defaults] would replace what \
+                     base.toml says of every service and worker: set it in the [services.NAME] or \
+                     [workers.NAME] it is about{hint}"
+                ),
             ));
         }
     }

@@ -574,3 +574,74 @@ fn render_into_a_directory_it_did_not_write_is_refused_and_check_reports_a_diff(
     write(&files, &out).unwrap();
     assert_eq!(compare(&files, &out).unwrap(), "");
 }
+
+/// (minReplicas, maxReplicas) of each workload's HorizontalPodAutoscaler,
+/// or (replicas, replicas) of a Deployment without one.
+fn scaling(files: &Files) -> BTreeMap<String, (u64, u64)> {
+    let mut scaling = BTreeMap::new();
+    for (path, text) in files.iter().filter(|(path, _)| path.starts_with("k8s/")) {
+        for document in documents(path, text).unwrap() {
+            let name = str_at(&document, &["metadata", "name"]).unwrap_or("").to_owned();
+            match str_at(&document, &["kind"]) {
+                Some("HorizontalPodAutoscaler") => {
+                    let spec = at(&document, &["spec"]);
+                    scaling
+                        .insert(name, (spec["minReplicas"].as_u64().unwrap(), spec["maxReplicas"].as_u64().unwrap()));
+                }
+                Some("Deployment") => {
+                    if let Some(replicas) = at(&document, &["spec", "replicas"]).as_u64() {
+                        scaling.insert(name, (replicas, replicas));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    scaling
+}
+
+/// Staging is prod's shape on a smaller scale (its header): its
+/// `[defaults] replicas` reaches every service, including the transaction
+/// service whose replicas base.toml names; it once autoscaled 3–10 like prod.
+#[test]
+fn staging_scales_every_service_by_its_own_defaults_and_prod_keeps_its_per_service_replicas() {
+    let root = root();
+    let staging = scaling(&render(&root, &committed("staging"), Upstreams::Deployed).unwrap());
+    assert_eq!(staging["transaction-service"], (2, 4), "staging transaction HPA");
+    assert_eq!(staging["auth-service"], (2, 4));
+    assert_eq!(staging["budget-service"], (2, 4));
+    assert_eq!(staging["worker-recurring"], (1, 1), "one recurring worker, as in prod");
+    let prod = scaling(&render(&root, &committed("prod"), Upstreams::Deployed).unwrap());
+    assert_eq!(prod["transaction-service"], (3, 10), "prod transaction HPA, from base.toml");
+    assert_eq!(prod["auth-service"], (3, 10), "from prod.toml");
+    assert_eq!(prod["budget-service"], (2, 10), "base.toml's defaults");
+    assert_eq!(prod["worker-recurring"], (1, 1));
+}
+
+/// "A smaller scale" for every workload the model has, enabled or not: an
+/// environment's [defaults] reaches what base.toml pins (the workers' one
+/// replica), so staging must pin them again, and a worker enabled there
+/// later must not start at 2–4 replicas where prod runs one.
+#[test]
+fn staging_never_runs_more_replicas_of_a_workload_than_prod() {
+    let (staging, prod) = (committed("staging"), committed("prod"));
+    let mut compared = 0;
+    for (collection, staging_items, prod_items) in [
+        ("services", &staging.model.services, &prod.model.services),
+        ("workers", &staging.model.workers, &prod.model.workers),
+    ] {
+        for (name, small) in staging_items {
+            let (small, large) = (&small.replicas, &prod_items[name].replicas);
+            assert!(
+                small.min <= large.min && small.max <= large.max,
+                "{collection}.{name}: staging runs {}–{} replicas, prod {}–{}",
+                small.min,
+                small.max,
+                large.min,
+                large.max
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 11, "every seed service and worker");
+}
