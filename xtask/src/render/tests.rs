@@ -645,3 +645,73 @@ fn staging_never_runs_more_replicas_of_a_workload_than_prod() {
     }
     assert_eq!(compared, 11, "every seed service and worker");
 }
+
+/// The value of the one `name ...;` directive in `conf` (its words after the
+/// name), or `None` when there is none.
+fn directive<'a>(conf: &'a str, name: &str) -> Option<&'a str> {
+    let mut found = conf.lines().filter_map(|line| {
+        let line = line.trim();
+        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+        Some(rest.trim_end_matches(';').trim())
+    });
+    let first = found.next();
+    assert!(found.next().is_none(), "`{name}` appears twice");
+    first
+}
+
+/// Mozilla's "intermediate" TLS (guidelines 6.0, for nginx 1.22 and
+/// OpenSSL 3.0): the seed's `HIGH:!aNULL:!MD5` admitted TLS 1.2 suites
+/// without forward secrecy (static RSA) and CBC suites. The running
+/// gateway's handshakes are in check.rs.
+#[test]
+fn the_gateway_speaks_mozillas_intermediate_tls() {
+    let root = root();
+    let dev = committed("dev");
+    assert!(dev.model.gateway.tls, "dev terminates TLS");
+    let conf = &render(&root, &dev, Upstreams::Deployed).unwrap()["nginx/nginx.conf"];
+    let expected = [
+        ("ssl_protocols", "TLSv1.2 TLSv1.3"),
+        ("ssl_ecdh_curve", "X25519:prime256v1:secp384r1"),
+        (
+            "ssl_ciphers",
+            "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:\
+             ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305",
+        ),
+        ("ssl_prefer_server_ciphers", "off"),
+        ("ssl_session_timeout", "1d"),
+        ("ssl_session_cache", "shared:SSL:10m"),
+        ("ssl_session_tickets", "off"),
+    ];
+    for (name, value) in expected {
+        assert_eq!(directive(conf, name), Some(value), "{name}");
+    }
+    // Every suite for TLS 1.2 has ECDHE key exchange and an AEAD cipher.
+    for suite in directive(conf, "ssl_ciphers").unwrap().split(':') {
+        assert!(suite.starts_with("ECDHE-"), "{suite}: no forward secrecy");
+        assert!(suite.contains("-GCM-") || suite.ends_with("-CHACHA20-POLY1305"), "{suite}: not AEAD");
+    }
+    // No DHE suite, so no DH parameters are needed (nginx would skip DHE without them).
+    assert_eq!(directive(conf, "ssl_dhparam"), None);
+    // Without TLS there is nothing of it.
+    let local = &render(&root, &committed("local"), Upstreams::Deployed).unwrap()["nginx/nginx.conf"];
+    assert_eq!(directive(local, "ssl_ciphers"), None);
+}
+
+/// A worker holds up to worker_connections sockets (a proxied request two)
+/// plus files; with the soft limit it inherits (1024 on many systems) the
+/// gateway fails near 500 clients, so it raises its own.
+#[test]
+fn every_gateway_may_open_twice_its_connections_in_files_and_more() {
+    let root = root();
+    let mut gateways = 0;
+    for name in environment::names(&root).unwrap() {
+        let files = render(&root, &committed(&name), Upstreams::Deployed).unwrap();
+        let Some(conf) = files.get("nginx/nginx.conf") else { continue };
+        let number =
+            |name: &str| -> u64 { directive(conf, name).unwrap_or_else(|| panic!("no {name}")).parse().unwrap() };
+        let (files_limit, connections) = (number("worker_rlimit_nofile"), number("worker_connections"));
+        assert!(files_limit > 2 * connections, "{name}: worker_rlimit_nofile {files_limit}, connections {connections}");
+        gateways += 1;
+    }
+    assert_eq!(gateways, 4, "local, dev, test, test-infra");
+}
