@@ -375,13 +375,32 @@ mod validators {
         assert!(report.failures.is_empty(), "{}: {:#?}", environment.name, report.failures);
     }
 
+    /// Every environment as committed passes, but prod, which runs only
+    /// images named by digest and has none until the first release: it
+    /// fails that one policy, naming the file and key the release step
+    /// writes, and everything else about it passes.
     #[test]
     fn every_committed_environment_passes_every_check() {
         let root = root();
         for name in environment::names(&root).unwrap() {
             let environment = environment::load(&root, &name).unwrap();
-            passes(&root, &environment);
             let report = check(&root, &environment).unwrap();
+            if environment.model.platform.require_digest && environment.model.platform.digest.is_none() {
+                let file = fs::read_to_string(environment::path(&root, &name)).unwrap();
+                let at = format!(
+                    "policy: environments/{name}.toml:{}:1: key `platform.digest`: ",
+                    line_of(&file, "require_digest = true")
+                );
+                assert!(
+                    report.failures.len() == 1
+                        && report.failures[0].starts_with(&at)
+                        && report.failures[0].contains("is named by tag only"),
+                    "{name}: {:#?}",
+                    report.failures
+                );
+            } else {
+                assert!(report.failures.is_empty(), "{name}: {:#?}", report.failures);
+            }
             let ran: Vec<&str> = report.passed.iter().map(String::as_str).collect();
             let expected: &[&str] = match environment.model.kind {
                 Kind::Local => &["nginx -t"],
@@ -394,13 +413,41 @@ mod validators {
         }
     }
 
-    /// Every template is exercised: all seed services and workers enabled.
+    /// Every template is exercised: all seed services and workers enabled,
+    /// named by tag (dev) and by digest (dev and prod, as released).
     #[test]
     fn the_whole_seed_platform_passes_every_check() {
         let root = root();
+        passes(&root, &crate::render::tests::everything("dev"));
         for name in ["dev", "prod"] {
-            passes(&root, &crate::render::tests::everything(name));
+            passes(&root, &crate::render::tests::released(name));
         }
+    }
+
+    /// The release step's one edit makes prod pass. The rule covers every
+    /// image of ours: a compose environment that required digests would be
+    /// told of both its images, each at its own key (as warnings there).
+    #[test]
+    fn prod_passes_once_released_and_requires_every_image_by_digest() {
+        let root = root();
+        let digest = crate::render::tests::TEST_DIGEST;
+        let released = edited("prod", |text| {
+            text.replace("tag = \"0.1.0\"\n", &format!("tag = \"0.1.0\"\ndigest = \"{digest}\"\n"))
+        });
+        passes(&root, &released);
+        // In compose, findings are warnings, but the rule is the same: both
+        // images of ours, each named at its own key.
+        let dev = edited("dev", |text| text.replacen("[platform]\n", "[platform]\nrequire_digest = true\n", 1));
+        let report = check(&root, &dev).unwrap();
+        let digest_warnings: Vec<&String> =
+            report.warnings.iter().filter(|w| w.contains("is named by tag only")).collect();
+        assert_eq!(digest_warnings.len(), 2, "{digest_warnings:#?}");
+        assert!(
+            digest_warnings
+                .iter()
+                .any(|w| w.contains("key `platform.gateway_digest`") && w.contains("freedumb-gateway:dev"))
+        );
+        assert!(digest_warnings.iter().any(|w| w.contains("key `platform.digest`") && w.contains("freedumb:dev`")));
     }
 
     fn edited(name: &str, edit: impl Fn(&str) -> String) -> Environment {

@@ -47,6 +47,67 @@ pub fn validate(env: &Environment, targets: &Targets) -> Result {
     gateway(env)?;
     loadtest(env)?;
     images(env)?;
+    platform_image(env)?;
+    Ok(())
+}
+
+/// The platform's image as rendered, `image:tag[@digest]`, is a reference an
+/// engine accepts. The digest has a key of its own (where the release step
+/// writes it, docs/releases.md), and belongs only where images come from a
+/// registry: a local deployment runs what it has just built.
+fn platform_image(env: &Environment) -> Result {
+    let platform = &env.model.platform;
+    let (at, reference) = match &platform.tag {
+        Some(tag) if tag.contains('@') => {
+            return Err(env.error_at(
+                &key(&["platform", "tag"]),
+                "a tag holds no digest: write the digest as platform.digest = \"sha256:...\"",
+            ));
+        }
+        Some(tag) => (key(&["platform", "tag"]), format!("{}:{tag}", platform.image)),
+        None => (key(&["platform", "image"]), platform.image.clone()),
+    };
+    image_reference(&reference)
+        .map_err(|why| env.error_at(&at, format!("`{reference}` is not an image reference: {why}")))?;
+    let set = [
+        ("digest", platform.digest.is_some()),
+        ("gateway_digest", platform.gateway_digest.is_some()),
+        ("require_digest", platform.require_digest),
+    ];
+    match env.model.kind {
+        Kind::Local => {
+            if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(env.error_at(
+                    &key(&["platform", field]),
+                    "a local environment runs the images `cargo xtask deploy` builds on this machine, named by \
+                     tag; a digest names an image pushed to a registry",
+                ));
+            }
+        }
+        Kind::Kubernetes => {
+            if platform.gateway_digest.is_some() {
+                return Err(env.error_at(
+                    &key(&["platform", "gateway_digest"]),
+                    "a kubernetes environment's gateway is the cluster's ingress controller: there is no gateway \
+                     image of ours to pin",
+                ));
+            }
+        }
+        Kind::Compose => {
+            if platform.digest.is_some() != platform.gateway_digest.is_some() {
+                let (written, missing) =
+                    if platform.digest.is_some() { ("digest", "gateway_digest") } else { ("gateway_digest", "digest") };
+                return Err(env.error_at(
+                    &key(&["platform", written]),
+                    format!(
+                        "a compose environment runs two images of ours, the services' and the gateway's \
+                         (`{}-gateway`): pin both by digest or neither; platform.{missing} is missing",
+                        platform.image
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 

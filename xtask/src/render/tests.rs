@@ -50,13 +50,30 @@ enabled = true
 "#;
 
 pub fn everything(name: &str) -> Environment {
+    everything_and(name, "")
+}
+
+/// `everything(name)` with `extra` laid over it.
+pub fn everything_and(name: &str, extra: &str) -> Environment {
     let root = root();
     let layers = vec![
         layer(&root, environment::BASE),
         layer(&root, name),
-        Layer { path: PathBuf::from("everything.toml"), text: EVERYTHING.to_owned() },
+        Layer { path: PathBuf::from("everything.toml"), text: format!("{EVERYTHING}\n{extra}") },
     ];
     from_layers(name, layers, &Targets::everything()).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// A digest of the right form for tests. Made up: no registry has it, and
+/// no environment file may carry it.
+pub const TEST_DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub const TEST_GATEWAY_DIGEST: &str = "sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
+/// An environment as the release step leaves it: what `everything(name)`
+/// renders, with the (made-up) digests of a pushed release.
+pub fn released(name: &str) -> Environment {
+    let gateway = if name == "dev" { format!("gateway_digest = \"{TEST_GATEWAY_DIGEST}\"\n") } else { String::new() };
+    everything_and(name, &format!("[platform]\ndigest = \"{TEST_DIGEST}\"\n{gateway}"))
 }
 
 fn committed(name: &str) -> Environment {
@@ -510,7 +527,8 @@ fn compose_start_up_order_matches_the_kubernetes_probes() {
 fn no_secret_value_is_rendered_for_a_shared_environment() {
     let root = root();
     for name in ["dev", "staging", "prod"] {
-        let environment = everything(name);
+        // Prod's policy also wants its images by digest, as released.
+        let environment = if name == "prod" { released(name) } else { everything(name) };
         let files = render(&root, &environment, Upstreams::Deployed).unwrap();
         assert_eq!(crate::policy::check(&environment, &files).unwrap(), Vec::new(), "{name}");
         for (path, text) in &files {
@@ -714,4 +732,53 @@ fn every_gateway_may_open_twice_its_connections_in_files_and_more() {
         gateways += 1;
     }
     assert_eq!(gateways, 4, "local, dev, test, test-infra");
+}
+
+/// A pinned release renders `image:tag@digest` wherever one of our images
+/// runs (every container and init container in Kubernetes; every service,
+/// the migration and the gateway in compose, which then pulls instead of
+/// expecting a local build), while a build still tags `image:tag`.
+#[test]
+fn a_digest_names_every_image_of_ours_wherever_it_runs() {
+    let root = root();
+    let files = render(&root, &released("prod"), Upstreams::Deployed).unwrap();
+    let ours = format!("ghcr.io/freedumb/freedumb:0.1.0@{TEST_DIGEST}");
+    let mut containers = 0;
+    for (path, text) in files.iter().filter(|(path, _)| path.starts_with("k8s/")) {
+        for document in documents(path, text).unwrap() {
+            let pod = at(&document, &["spec", "template", "spec"]);
+            for list in ["containers", "initContainers"] {
+                for container in at(pod, &[list]).as_sequence().into_iter().flatten() {
+                    assert_eq!(str_at(container, &["image"]), Some(ours.as_str()), "{path}");
+                    containers += 1;
+                }
+            }
+        }
+    }
+    assert!(containers >= 11, "{containers} containers");
+    assert!(files["Dockerfile"].contains("--target runtime -t ghcr.io/freedumb/freedumb:0.1.0 ."));
+
+    let files = render(&root, &released("dev"), Upstreams::Deployed).unwrap();
+    let compose: Value = serde_yaml::from_str(&files["docker-compose.yml"]).unwrap();
+    let mut ours_seen = 0;
+    for (name, service) in at(&compose, &["services"]).as_mapping().unwrap() {
+        let (name, image) = (name.as_str().unwrap(), str_at(service, &["image"]).unwrap());
+        let expected = match name {
+            "postgres" | "redis" | "rabbitmq" | "mongodb" => continue,
+            "gateway" => format!("ghcr.io/freedumb/freedumb-gateway:dev@{TEST_GATEWAY_DIGEST}"),
+            _ => format!("ghcr.io/freedumb/freedumb:dev@{TEST_DIGEST}"),
+        };
+        assert_eq!(image, expected, "{name}");
+        assert_eq!(str_at(service, &["pull_policy"]), Some("missing"), "{name}");
+        ours_seen += 1;
+    }
+    assert!(ours_seen >= 12, "{ours_seen}");
+    assert!(files["docker-compose.yml"].contains("compose pulls them from the registry when missing"));
+
+    // Unpinned, as committed: tags only, built on this machine.
+    let files = render(&root, &committed("dev"), Upstreams::Deployed).unwrap();
+    let compose: Value = serde_yaml::from_str(&files["docker-compose.yml"]).unwrap();
+    let gateway = at(&compose, &["services", "gateway"]);
+    assert_eq!(str_at(gateway, &["image"]), Some("ghcr.io/freedumb/freedumb-gateway:dev"));
+    assert_eq!(str_at(gateway, &["pull_policy"]), Some("never"));
 }
