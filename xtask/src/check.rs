@@ -375,13 +375,32 @@ mod validators {
         assert!(report.failures.is_empty(), "{}: {:#?}", environment.name, report.failures);
     }
 
+    /// Every environment as committed passes, but prod, which runs only
+    /// images named by digest and has none until the first release: it
+    /// fails that one policy, naming the file and key the release step
+    /// writes, and everything else about it passes.
     #[test]
     fn every_committed_environment_passes_every_check() {
         let root = root();
         for name in environment::names(&root).unwrap() {
             let environment = environment::load(&root, &name).unwrap();
-            passes(&root, &environment);
             let report = check(&root, &environment).unwrap();
+            if environment.model.platform.require_digest && environment.model.platform.digest.is_none() {
+                let file = fs::read_to_string(environment::path(&root, &name)).unwrap();
+                let at = format!(
+                    "policy: environments/{name}.toml:{}:1: key `platform.digest`: ",
+                    line_of(&file, "require_digest = true")
+                );
+                assert!(
+                    report.failures.len() == 1
+                        && report.failures[0].starts_with(&at)
+                        && report.failures[0].contains("is named by tag only"),
+                    "{name}: {:#?}",
+                    report.failures
+                );
+            } else {
+                assert!(report.failures.is_empty(), "{name}: {:#?}", report.failures);
+            }
             let ran: Vec<&str> = report.passed.iter().map(String::as_str).collect();
             let expected: &[&str] = match environment.model.kind {
                 Kind::Local => &["nginx -t"],
@@ -394,13 +413,41 @@ mod validators {
         }
     }
 
-    /// Every template is exercised: all seed services and workers enabled.
+    /// Every template is exercised: all seed services and workers enabled,
+    /// named by tag (dev) and by digest (dev and prod, as released).
     #[test]
     fn the_whole_seed_platform_passes_every_check() {
         let root = root();
+        passes(&root, &crate::render::tests::everything("dev"));
         for name in ["dev", "prod"] {
-            passes(&root, &crate::render::tests::everything(name));
+            passes(&root, &crate::render::tests::released(name));
         }
+    }
+
+    /// The release step's one edit makes prod pass. The rule covers every
+    /// image of ours: a compose environment that required digests would be
+    /// told of both its images, each at its own key (as warnings there).
+    #[test]
+    fn prod_passes_once_released_and_requires_every_image_by_digest() {
+        let root = root();
+        let digest = crate::render::tests::TEST_DIGEST;
+        let released = edited("prod", |text| {
+            text.replace("tag = \"0.1.0\"\n", &format!("tag = \"0.1.0\"\ndigest = \"{digest}\"\n"))
+        });
+        passes(&root, &released);
+        // In compose, findings are warnings, but the rule is the same: both
+        // images of ours, each named at its own key.
+        let dev = edited("dev", |text| text.replacen("[platform]\n", "[platform]\nrequire_digest = true\n", 1));
+        let report = check(&root, &dev).unwrap();
+        let digest_warnings: Vec<&String> =
+            report.warnings.iter().filter(|w| w.contains("is named by tag only")).collect();
+        assert_eq!(digest_warnings.len(), 2, "{digest_warnings:#?}");
+        assert!(
+            digest_warnings
+                .iter()
+                .any(|w| w.contains("key `platform.gateway_digest`") && w.contains("freedumb-gateway:dev"))
+        );
+        assert!(digest_warnings.iter().any(|w| w.contains("key `platform.digest`") && w.contains("freedumb:dev`")));
     }
 
     fn edited(name: &str, edit: impl Fn(&str) -> String) -> Environment {
@@ -421,6 +468,132 @@ mod validators {
 
     fn line_of(text: &str, needle: &str) -> usize {
         text.lines().position(|line| line.contains(needle)).unwrap() + 1
+    }
+
+    /// The rendered gateway of `dev` (TLS on), running for real on free
+    /// loopback ports with an RSA certificate (so that a suite without
+    /// forward secrecy could be negotiated if it were offered), started with
+    /// a soft descriptor limit of 1024, as many systems give a process.
+    struct RunningGateway {
+        nginx: std::process::Child,
+        https_port: u16,
+        _dir: Throwaway,
+    }
+
+    impl RunningGateway {
+        fn start() -> Self {
+            let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let (http_port, https_port) = (free_port(), free_port());
+            let environment = edited("dev", |text| {
+                format!(
+                    "{text}\n[gateway]\nlisten_address = \"127.0.0.1\"\nhttp_port = {http_port}\nhttps_port = \
+                     {https_port}\n"
+                )
+            });
+            let files =
+                render::render_with(&render::templates(&root()).unwrap(), &environment, Upstreams::Loopback).unwrap();
+            let dir = Throwaway::new("running-gateway").unwrap();
+            let (conf, prefix) = (dir.0.join("conf"), dir.0.join("prefix"));
+            write_files(&files, &conf, |path| path.starts_with("nginx/")).unwrap();
+            fs::create_dir_all(&prefix).unwrap();
+            let ssl = conf.join("nginx/ssl");
+            fs::create_dir_all(&ssl).unwrap();
+            let openssl = tools::require(&tools::OPENSSL).unwrap();
+            let made = Command::new(openssl)
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+                .arg("-keyout")
+                .arg(ssl.join("privkey.pem"))
+                .arg("-out")
+                .arg(ssl.join("fullchain.pem"))
+                .output()
+                .unwrap();
+            assert!(made.status.success(), "{}", output_text(&made));
+            let nginx = tools::require(&tools::NGINX).unwrap();
+            // `sh` lowers the soft limit, then becomes nginx (same pid).
+            let child = Command::new("sh")
+                .args(["-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\""])
+                .arg(nginx)
+                .arg("-p")
+                .arg(format!("{}/", prefix.display()))
+                .arg("-c")
+                .arg(conf.join("nginx/nginx.conf"))
+                .args(["-g", "daemon off;"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let gateway = RunningGateway { nginx: child, https_port, _dir: dir };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", https_port)).is_err() {
+                assert!(std::time::Instant::now() < deadline, "the gateway did not listen on {https_port}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            gateway
+        }
+
+        /// Whether a TLS handshake with only `cipher` (TLS 1.2) succeeds.
+        fn accepts(&self, cipher: &str) -> bool {
+            let output = Command::new(tools::require(&tools::OPENSSL).unwrap())
+                .args(["s_client", "-connect", &format!("127.0.0.1:{}", self.https_port), "-tls1_2", "-cipher"])
+                .arg(cipher)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let text = output_text(&output);
+            let negotiated = text.contains(&format!("Cipher is {cipher}"));
+            assert_eq!(output.status.success(), negotiated, "{cipher}: {text}");
+            negotiated
+        }
+
+        /// The soft `Max open files` of each worker (the master's children).
+        fn workers_open_file_limits(&self) -> Vec<u64> {
+            let master = self.nginx.id().to_string();
+            let mut limits = Vec::new();
+            for entry in fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+                // pid (comm) state ppid ...: the fields after the last `)`.
+                let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+                if ppid != Some(master.as_str()) {
+                    continue;
+                }
+                let Ok(text) = fs::read_to_string(entry.path().join("limits")) else { continue };
+                let line = text.lines().find(|line| line.starts_with("Max open files")).unwrap();
+                limits.push(line.split_whitespace().nth(3).unwrap().parse().unwrap());
+            }
+            limits
+        }
+    }
+
+    impl Drop for RunningGateway {
+        fn drop(&mut self) {
+            // SIGTERM: nginx's fast shutdown stops the workers with it (a
+            // SIGKILL would leave them running).
+            let _ = Command::new("kill").arg("-TERM").arg(self.nginx.id().to_string()).status();
+            let _ = self.nginx.wait();
+        }
+    }
+
+    /// What the rendered configuration does once nginx runs it: TLS 1.2
+    /// with ECDHE and AEAD suites only (the seed's `HIGH:!aNULL:!MD5` also
+    /// let a client pick static RSA, without forward secrecy, or CBC), TLS
+    /// 1.3, and workers that raised their descriptor limit above the 1024
+    /// they were started with.
+    #[test]
+    fn the_running_gateway_negotiates_only_intermediate_suites_and_raises_its_file_limit() {
+        let gateway = RunningGateway::start();
+        assert!(gateway.accepts("ECDHE-RSA-AES128-GCM-SHA256"));
+        assert!(gateway.accepts("ECDHE-RSA-CHACHA20-POLY1305"));
+        for refused in ["AES128-GCM-SHA256", "AES256-SHA256", "ECDHE-RSA-AES128-SHA256", "ECDHE-RSA-AES256-SHA"] {
+            assert!(!gateway.accepts(refused), "{refused} was negotiated");
+        }
+        let tls13 = Command::new(tools::require(&tools::OPENSSL).unwrap())
+            .args(["s_client", "-connect", &format!("127.0.0.1:{}", gateway.https_port), "-tls1_3"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(output_text(&tls13).contains("New, TLSv1.3"), "{}", output_text(&tls13));
+        let limits = gateway.workers_open_file_limits();
+        assert!(!limits.is_empty(), "no worker found");
+        assert!(limits.iter().all(|&limit| limit == 8192), "the workers' soft limits: {limits:?}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub fn strict(environment: &Environment) -> bool {
 /// Every finding on the rendered files of `environment`.
 pub fn check(environment: &Environment, files: &Files) -> anyhow::Result<Vec<Finding>> {
     let mut findings = Vec::new();
-    let mut checker = Checker { environment, findings: &mut findings };
+    let mut checker = Checker { environment, findings: &mut findings, by_tag_only: BTreeMap::new() };
     for (path, text) in files {
         if path.starts_with("k8s/") && path.ends_with(".yaml") {
             let documents = documents(path, text)?;
@@ -49,7 +49,15 @@ pub fn check(environment: &Environment, files: &Files) -> anyhow::Result<Vec<Fin
             checker.compose(path, &document);
         }
     }
+    checker.digests();
     Ok(findings)
+}
+
+/// The tag of an image reference, `None` without one: what follows the
+/// last `:` after the last `/`, the digest (`@sha256:...`) left aside.
+fn tag_of(image: &str) -> Option<&str> {
+    let name = image.split_once('@').map_or(image, |(name, _)| name);
+    name.rsplit_once(':').map(|(_, tag)| tag).filter(|tag| !tag.contains('/'))
 }
 
 /// The YAML documents of a multi-document file, without empty ones.
@@ -102,6 +110,8 @@ fn url_with_literal_password(value: &str) -> bool {
 struct Checker<'a> {
     environment: &'a Environment,
     findings: &'a mut Vec<Finding>,
+    /// Images of ours named by tag only, with the objects that run them.
+    by_tag_only: BTreeMap<String, Vec<String>>,
 }
 
 const WORKLOAD_TEMPLATE: &str = "templates/k8s/workload.yaml.tera";
@@ -126,6 +136,41 @@ impl Checker<'_> {
 
     fn at_template(&mut self, template: &str, object: String, message: impl Into<String>) {
         self.findings.push(Finding { fix: template.to_owned(), object, message: message.into() });
+    }
+
+    /// Notes an image of ours (the platform's, or its gateway's) that is
+    /// named without a digest.
+    fn image_of_ours(&mut self, image: &str, object: &str) {
+        if image.starts_with(&self.environment.model.platform.image) && !image.contains("@sha256:") {
+            self.by_tag_only.entry(image.to_owned()).or_default().push(object.to_owned());
+        }
+    }
+
+    /// An environment that requires digests (prod) runs only released
+    /// images: a tag can be moved to other content, a digest cannot. One
+    /// finding per image, placed in the file that requires it.
+    fn digests(&mut self) {
+        if !self.environment.model.platform.require_digest {
+            return;
+        }
+        let position = self.environment.layered.position(&["platform".to_owned(), "require_digest".to_owned()], true);
+        let file = position.file.display().to_string();
+        for (image, objects) in std::mem::take(&mut self.by_tag_only) {
+            let key = if image.contains("-gateway:") { "gateway_digest" } else { "digest" };
+            let object = match objects.len() {
+                1 => objects[0].clone(),
+                n => format!("{} and {} more", objects[0], n - 1),
+            };
+            self.findings.push(Finding {
+                fix: format!("{position}: key `platform.{key}`"),
+                object,
+                message: format!(
+                    "image `{image}` is named by tag only, and this environment runs only images named by digest \
+                     (platform.require_digest): the release step writes platform.{key} = \"sha256:...\" into \
+                     {file}, from the registry's digest of the pushed image (docs/releases.md)"
+                ),
+            });
+        }
     }
 
     fn kubernetes(&mut self, path: &str, documents: &[Value]) {
@@ -231,8 +276,8 @@ impl Checker<'_> {
                 self.at_template(WORKLOAD_TEMPLATE, object.clone(), "capabilities are not all dropped");
             }
             let image = str_at(container, &["image"]).unwrap_or("");
-            let tag = image.rsplit_once(':').map(|(_, tag)| tag).filter(|tag| !tag.contains('/'));
-            match tag {
+            self.image_of_ours(image, &object);
+            match tag_of(image) {
                 None | Some("latest") => self.at_key(
                     vec!["platform".to_owned(), "tag".to_owned()],
                     object.clone(),
@@ -288,8 +333,8 @@ impl Checker<'_> {
             let name = name.as_str().unwrap_or("?");
             let object = format!("{path}: service {name}");
             let image = str_at(service, &["image"]).unwrap_or("");
-            let tag = image.rsplit_once(':').map(|(_, tag)| tag).filter(|tag| !tag.contains('/'));
-            if matches!(tag, None | Some("latest")) {
+            self.image_of_ours(image, &object);
+            if matches!(tag_of(image), None | Some("latest")) {
                 let key = if image.starts_with(&self.environment.model.platform.image) {
                     vec!["platform".to_owned(), "tag".to_owned()]
                 } else {
@@ -336,6 +381,15 @@ impl Checker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tag_of_a_reference_leaves_its_registry_port_and_digest_aside() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(tag_of("ghcr.io/freedumb/freedumb:0.1.0"), Some("0.1.0"));
+        assert_eq!(tag_of(&format!("ghcr.io/freedumb/freedumb:latest@{digest}")), Some("latest"));
+        assert_eq!(tag_of(&format!("ghcr.io/freedumb/freedumb@{digest}")), None);
+        assert_eq!(tag_of("registry:5000/freedumb"), None);
+    }
 
     #[test]
     fn literal_passwords_in_urls_are_found_and_references_are_not() {

@@ -133,6 +133,23 @@ fn min_replicas_above_max_is_refused() {
     assert_eq!(err.message, "min replicas (5) is above max replicas (3)");
 }
 
+/// An environment's [defaults] reaches every workload, over what base.toml
+/// says of each: fine for sizing, but `secrets` there would replace the
+/// auth service's list (and drop its refresh-token key) without a word.
+#[test]
+fn an_environments_defaults_may_not_say_what_a_workload_is() {
+    let edit = replace("[defaults]\nreplicas", "[defaults]\nsecrets = [\"JWT_ACCESS_SECRET\"]\nreplicas");
+    let err = error("staging", &edit);
+    assert_eq!(err.position.file, Path::new("environments/staging.toml"));
+    assert_eq!(err.position.line, line_of("staging", &edit, "secrets = [\"JWT"));
+    assert_eq!(err.key.as_deref(), Some("defaults.secrets"));
+    assert!(err.message.contains("set it in the [services.NAME] or [workers.NAME] it is about"), "{err}");
+    let err = error("dev", replace("[defaults]\n", "[defaults]\nrequest_timeout_secs = 10\n"));
+    assert!(err.message.contains("platform.request_timeout_secs is the environment-wide one"), "{err}");
+    // Sizing is what an environment's defaults are for.
+    load_edited("dev", replace("[defaults]\n", "[defaults]\nresources = { requests = { cpu = \"100m\", memory = \"128Mi\" }, limits = { cpu = \"200m\", memory = \"256Mi\" } }\n")).unwrap();
+}
+
 #[test]
 fn a_secret_referenced_but_never_supplied_is_named_where_it_is_referenced() {
     let err = error("prod", replace("    \"JWT_REFRESH_SECRET\",\n", ""));
@@ -292,4 +309,51 @@ fn max_memory_is_for_a_redis_container_only() {
     let err = error("dev", replace("[postgres]\n", "[postgres]\nmax_memory_mb = 64\n"));
     assert_eq!(err.key.as_deref(), Some("postgres.max_memory_mb"));
     assert!(err.message.contains("not Redis"), "{err}");
+}
+
+/// The digest the release step writes is checked for its form where it is
+/// written: file, line and key.
+#[test]
+fn a_malformed_digest_is_named_with_its_file_line_and_key() {
+    let edit = replace("tag = \"0.1.0\"\n", "tag = \"0.1.0\"\ndigest = \"sha256:0123abc\"\n");
+    let err = error("prod", &edit);
+    assert_eq!(err.position.file, Path::new("environments/prod.toml"));
+    assert_eq!(err.position.line, line_of("prod", &edit, "digest = \"sha256:0123abc\""));
+    assert_eq!(err.key.as_deref(), Some("platform.digest"));
+    assert!(err.message.starts_with("invalid digest `sha256:0123abc`: expected `sha256:` and 64"), "{err}");
+    // The tag is no place for it: the policy could not tell, and the rendered
+    // reference would name the digest twice once the key is set too.
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let err = error("prod", |text: &str| text.replace("tag = \"0.1.0\"", &format!("tag = \"0.1.0@{digest}\"")));
+    assert_eq!(err.key.as_deref(), Some("platform.tag"));
+    assert!(err.message.contains("write the digest as platform.digest"), "{err}");
+}
+
+/// A digest names an image in a registry; each kind of environment takes
+/// the digests of the images it pulls, and no others.
+#[test]
+fn a_digest_is_taken_only_for_the_images_an_environment_pulls() {
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let with = |lines: String| {
+        move |text: &str| {
+            assert!(text.contains("[platform]\n"));
+            text.replacen("[platform]\n", &format!("[platform]\n{lines}"), 1)
+        }
+    };
+    // A local deployment runs what `cargo xtask deploy` has just built.
+    let err = error("local", with(format!("digest = \"{digest}\"\n")));
+    assert_eq!(err.key.as_deref(), Some("platform.digest"));
+    assert!(err.message.contains("runs the images `cargo xtask deploy` builds"), "{err}");
+    let err = error("test", with("require_digest = true\n".to_owned()));
+    assert_eq!(err.key.as_deref(), Some("platform.require_digest"));
+    // Kubernetes has no gateway image of ours.
+    let err = error("staging", with(format!("gateway_digest = \"{digest}\"\n")));
+    assert_eq!(err.key.as_deref(), Some("platform.gateway_digest"));
+    assert!(err.message.contains("ingress controller"), "{err}");
+    // Compose runs two images of ours: both pinned, or neither.
+    let err = error("dev", with(format!("digest = \"{digest}\"\n")));
+    assert_eq!(err.key.as_deref(), Some("platform.digest"));
+    assert!(err.message.contains("pin both by digest or neither; platform.gateway_digest is missing"), "{err}");
+    load_edited("dev", with(format!("digest = \"{digest}\"\ngateway_digest = \"{digest}\"\n"))).unwrap();
+    load_edited("staging", with(format!("digest = \"{digest}\"\n"))).unwrap();
 }

@@ -1,6 +1,7 @@
 //! Reading environment files as layers: `base.toml`, then `<env>.toml` on
-//! top, then each service over `[defaults]`, into one TOML table, while
-//! remembering for every key which file and line it came from.
+//! top, each file's `[defaults]` laid under every service and worker as it
+//! comes ([`merge_with_defaults`]), into one TOML table, while remembering
+//! for every key which file and line it came from.
 //!
 //! The typed model is deserialized from the merged table, which has lost its
 //! positions; the provenance map gives them back, so an error in a value
@@ -100,8 +101,40 @@ pub struct SyntaxError {
 }
 
 /// Parses and merges the layers in order: later layers win.
+#[cfg(test)]
 pub fn merge(layers: Vec<Layer>) -> Result<Layered, SyntaxError> {
+    merge_layers(layers, None)
+}
+
+/// Parses and merges the layers in order, laying the table `defaults_key`
+/// (`[defaults]`) under every item of `collections` (`[services.X]`,
+/// `[workers.X]`) layer by layer. For an item, from weakest to strongest:
+///
+/// 1. the base's `[defaults]`,
+/// 2. the base's `[services.X]`,
+/// 3. the environment's `[defaults]`,
+/// 4. the environment's `[services.X]`
+///
+/// (and so on for further layers): what a file says of every item outranks
+/// what an earlier file says of one, and a file's own item outranks its
+/// defaults. So `replicas` in staging's `[defaults]` reaches a service whose
+/// replicas the base names, as a reader of staging's file expects. The
+/// provenance of an inherited key stays the defaults' key, which is where
+/// one would change it. The merged table has no `defaults_key`.
+pub fn merge_with_defaults(
+    layers: Vec<Layer>,
+    defaults_key: &str,
+    collections: &[&str],
+) -> Result<Layered, SyntaxError> {
+    merge_layers(layers, Some((defaults_key, collections)))
+}
+
+type Origins = BTreeMap<KeyPath, Origin>;
+
+fn merge_layers(layers: Vec<Layer>, defaults: Option<(&str, &[&str])>) -> Result<Layered, SyntaxError> {
     let mut merged = Layered { table: toml::Table::new(), origins: BTreeMap::new(), layers: Vec::new() };
+    // The defaults of the layers so far, keyed without `defaults_key`.
+    let (mut all_defaults, mut all_default_origins) = (toml::Table::new(), Origins::new());
     for (index, layer) in layers.into_iter().enumerate() {
         let document = match ImDocument::parse(layer.text.as_str()) {
             Ok(document) => document,
@@ -111,51 +144,89 @@ pub fn merge(layers: Vec<Layer>) -> Result<Layered, SyntaxError> {
                 return Err(SyntaxError { position: Position { file: layer.path, line, column }, message });
             }
         };
-        let mut path = Vec::new();
-        merge_table(&mut merged.table, document.as_table(), index, &mut path, &mut merged.origins);
+        let (mut own, mut own_origins) = (toml::Table::new(), Origins::new());
+        merge_table(&mut own, document.as_table(), index, &mut Vec::new(), &mut own_origins);
+        if let Some((defaults_key, collections)) = defaults {
+            if let Some(toml::Value::Table(layer_defaults)) = own.remove(defaults_key) {
+                let default_origins = subtree(&own_origins, &[defaults_key.to_owned()]);
+                // Kept under `defaults_key` too, though the merged table has
+                // none: a rule about what one file's defaults say (which an
+                // environment's may not, validate.rs) needs to know the file.
+                for (path, origin) in
+                    own_origins.iter().filter(|(path, _)| path.first().is_some_and(|first| first == defaults_key))
+                {
+                    merged.origins.insert(path.clone(), origin.clone());
+                }
+                // This layer's defaults outrank what earlier layers said of
+                // each item...
+                for collection in collections {
+                    let Some(toml::Value::Table(items)) = merged.table.get_mut(*collection) else { continue };
+                    for (name, item) in items.iter_mut() {
+                        let toml::Value::Table(item) = item else { continue };
+                        let at = [(*collection).to_owned(), name.clone()];
+                        overlay(item, layer_defaults.clone(), &at, &default_origins, &mut merged.origins);
+                    }
+                }
+                overlay(&mut all_defaults, layer_defaults, &[], &default_origins, &mut all_default_origins);
+            }
+            // ...and an item this layer introduces starts from every
+            // layer's defaults.
+            for collection in collections {
+                let Some(toml::Value::Table(items)) = own.get(*collection) else { continue };
+                for (name, item) in items {
+                    let exists = merged.table.get(*collection).and_then(|items| items.get(name)).is_some();
+                    if exists || !item.is_table() {
+                        continue;
+                    }
+                    let slot = table_slot(table_slot(&mut merged.table, collection), name);
+                    let at = [(*collection).to_owned(), name.clone()];
+                    overlay(slot, all_defaults.clone(), &at, &all_default_origins, &mut merged.origins);
+                }
+            }
+        }
+        overlay(&mut merged.table, own, &[], &own_origins, &mut merged.origins);
         merged.layers.push(layer);
     }
     Ok(merged)
 }
 
-/// Lays `[defaults]` under every table of `collection` (`services`,
-/// `workers`): a key the service writes wins over the default. The
-/// provenance of an inherited key stays the defaults' key, which is where
-/// one would change it.
-pub fn apply_defaults(layered: &mut Layered, defaults_key: &str, collections: &[&str]) {
-    let Some(toml::Value::Table(defaults)) = layered.table.remove(defaults_key) else {
-        return;
-    };
-    let default_origins: Vec<(KeyPath, Origin)> = layered
-        .origins
+/// The origins under `prefix`, keyed by the rest of their path.
+fn subtree(origins: &Origins, prefix: &[String]) -> Origins {
+    origins
         .iter()
-        .filter(|(path, _)| path.first().is_some_and(|first| first == defaults_key) && path.len() > 1)
-        .map(|(path, origin)| (path[1..].to_vec(), origin.clone()))
-        .collect();
-    for collection in collections {
-        let Some(toml::Value::Table(items)) = layered.table.get_mut(*collection) else {
-            continue;
-        };
-        for (name, item) in items.iter_mut() {
-            let toml::Value::Table(item) = item else { continue };
-            let mut combined = defaults.clone();
-            overlay(&mut combined, std::mem::take(item));
-            *item = combined;
-            for (rest, origin) in &default_origins {
-                let mut path = vec![(*collection).to_owned(), name.clone()];
-                path.extend(rest.iter().cloned());
-                layered.origins.entry(path).or_insert_with(|| origin.clone());
-            }
-        }
-    }
+        .filter(|(path, _)| path.len() > prefix.len() && path.starts_with(prefix))
+        .map(|(path, origin)| (path[prefix.len()..].to_vec(), origin.clone()))
+        .collect()
 }
 
-/// `base` with `top` laid over it: tables merge, everything else replaces.
-fn overlay(base: &mut toml::Table, top: toml::Table) {
+/// `base` (at path `at`) with `top` laid over it: tables merge, everything
+/// else replaces, and the provenance follows (`top_origins` is keyed
+/// relative to `top`).
+fn overlay(base: &mut toml::Table, top: toml::Table, at: &[String], top_origins: &Origins, origins: &mut Origins) {
     for (key, value) in top {
+        let mut path = at.to_vec();
+        path.push(key.clone());
+        let relative = vec![key.clone()];
         match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(below)), toml::Value::Table(above)) => overlay(below, above),
+            (Some(toml::Value::Table(below)), toml::Value::Table(above)) => {
+                if !origins.contains_key(&path)
+                    && let Some(origin) = top_origins.get(&relative)
+                {
+                    origins.insert(path.clone(), origin.clone());
+                }
+                overlay(below, above, &path, &subtree(top_origins, &relative), origins);
+            }
             (_, value) => {
+                // A replaced value takes its children's provenance with it.
+                origins.retain(|existing, _| !existing.starts_with(&path));
+                if let Some(origin) = top_origins.get(&relative) {
+                    origins.insert(path.clone(), origin.clone());
+                }
+                for (rest, origin) in subtree(top_origins, &relative) {
+                    let mut full = path.clone();
+                    full.extend(rest);
+                    origins.insert(full, origin);
+                }
                 base.insert(key, value);
             }
         }
@@ -326,12 +397,15 @@ mod tests {
 
     #[test]
     fn defaults_fill_in_what_an_item_does_not_say_and_keep_their_origin() {
-        let mut merged = merge(vec![layer(
-            "base.toml",
-            "[defaults]\nport = 1\nreplicas = { min = 1, max = 2 }\n[services.a]\nreplicas = { max = 5 }\n",
-        )])
+        let merged = merge_with_defaults(
+            vec![layer(
+                "base.toml",
+                "[defaults]\nport = 1\nreplicas = { min = 1, max = 2 }\n[services.a]\nreplicas = { max = 5 }\n",
+            )],
+            "defaults",
+            &["services", "workers"],
+        )
         .unwrap();
-        apply_defaults(&mut merged, "defaults", &["services", "workers"]);
         let a = &merged.table["services"]["a"];
         assert_eq!(a["port"].as_integer(), Some(1));
         assert_eq!(a["replicas"]["min"].as_integer(), Some(1));
@@ -339,6 +413,38 @@ mod tests {
         assert!(!merged.table.contains_key("defaults"));
         assert_eq!(merged.position(&path("services.a.port"), true).line, 2);
         assert_eq!(merged.position(&path("services.a.replicas.max"), true).line, 5);
+    }
+
+    /// Staging's `[defaults] replicas` once lost to the base's
+    /// `[services.transaction] replicas`, so staging autoscaled the
+    /// transaction service like prod.
+    #[test]
+    fn an_environments_defaults_outrank_the_bases_items_and_its_own_items_outrank_both() {
+        let base = "[defaults]\nreplicas = { min = 2, max = 10 }\nport = 1\n\
+                    [services.pinned]\nreplicas = { min = 3, max = 10 }\n\
+                    [services.plain]\nport = 2\n";
+        let env = "[defaults]\nreplicas = { min = 2, max = 4 }\n\
+                   [services.own]\nreplicas = { max = 6 }\n\
+                   [services.plain]\nreplicas = { min = 1 }\n";
+        let merged =
+            merge_with_defaults(vec![layer("base.toml", base), layer("env.toml", env)], "defaults", &["services"])
+                .unwrap();
+        let replicas = |name: &str| {
+            let r = &merged.table["services"][name]["replicas"];
+            (r["min"].as_integer().unwrap(), r["max"].as_integer().unwrap())
+        };
+        // The environment's defaults win over what the base says of one service...
+        assert_eq!(replicas("pinned"), (2, 4));
+        assert_eq!(merged.position(&path("services.pinned.replicas.max"), true).to_string(), "env.toml:2:23");
+        // ...the environment's own service wins over its defaults, key by key...
+        assert_eq!(replicas("plain"), (1, 4));
+        assert_eq!(merged.position(&path("services.plain.replicas.min"), true).to_string(), "env.toml:6:14");
+        // ...a service the environment introduces starts from every layer's defaults...
+        assert_eq!(replicas("own"), (2, 6));
+        assert_eq!(merged.table["services"]["own"]["port"].as_integer(), Some(1));
+        // ...and what no environment layer mentions stays the base's.
+        assert_eq!(merged.table["services"]["plain"]["port"].as_integer(), Some(2));
+        assert_eq!(merged.position(&path("services.pinned.port"), true).to_string(), "base.toml:3:1");
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! `environments/<name>.toml` laid over it, read into one typed [`Model`].
 //!
 //! Loading goes in three steps, each of which can fail with one error that
-//! names the file, line and key: the TOML of each file ([`layers::merge`]),
-//! the shape of the merged table (serde, with `deny_unknown_fields` and a
-//! "did you mean" for unknown keys), then the rules that span keys
-//! ([`validate`]: duplicate routes and ports, replica bounds, secrets that
-//! are referenced but never supplied, ...). Errors point at the file the
-//! offending value was written in, because that is the file to edit.
+//! names the file, line and key: the TOML of each file, merged
+//! ([`layers::merge_with_defaults`]), the shape of the merged table (serde,
+//! with `deny_unknown_fields` and a "did you mean" for unknown keys), then
+//! the rules that span keys ([`validate`]: duplicate routes and ports,
+//! replica bounds, secrets that are referenced but never supplied, ...).
+//! Errors point at the file the offending value was written in, because that
+//! is the file to edit.
 
 #[cfg(test)]
 mod bad_input;
@@ -110,9 +111,11 @@ fn relative(root: &Path, path: &Path) -> PathBuf {
 
 /// Merges, deserializes and validates the layers of environment `name`.
 pub fn from_layers(name: &str, layers: Vec<Layer>, targets: &targets::Targets) -> Result<Environment, Error> {
-    let mut layered =
-        layers::merge(layers).map_err(|err| Error { position: err.position, key: None, message: err.message })?;
-    layers::apply_defaults(&mut layered, "defaults", &["services", "workers"]);
+    let layered = layers::merge_with_defaults(layers, "defaults", &["services", "workers"]).map_err(|err| Error {
+        position: err.position,
+        key: None,
+        message: err.message,
+    })?;
     let value = toml::Value::Table(layered.table.clone());
     let model: Model = match serde_path_to_error::deserialize(value) {
         Ok(model) => model,

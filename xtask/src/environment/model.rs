@@ -60,6 +60,16 @@ pub struct Platform {
     pub image: String,
     /// The image tag this environment runs. Required outside `local`.
     pub tag: Option<String>,
+    /// The registry's digest of `image:tag`: rendered as `image:tag@digest`,
+    /// so what runs is exactly what was released, whatever the tag points
+    /// at later. Written by the release step (docs/releases.md).
+    pub digest: Option<Digest>,
+    /// Compose only: the digest of the gateway image (`<image>-gateway:tag`),
+    /// which compose runs beside the services.
+    pub gateway_digest: Option<Digest>,
+    /// `check` fails unless every image of ours is named by digest (prod).
+    #[serde(default)]
+    pub require_digest: bool,
     /// `local` only: the address and port of `freedumb serve all`.
     pub host: Option<IpAddr>,
     pub port: Option<u16>,
@@ -373,6 +383,34 @@ impl fmt::Display for ResponseTime {
     }
 }
 
+/// An image's content digest as a registry reports it: `sha256:` and 64
+/// lower-case hex digits (the manifest's digest, which `docker buildx
+/// imagetools inspect` or `crane digest` print, not the local image id).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Digest(String);
+
+impl TryFrom<String> for Digest {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let hex = text.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+            Ok(Digest(text))
+        } else {
+            Err(format!(
+                "invalid digest `{text}`: expected `sha256:` and 64 lower-case hex digits, the digest the registry \
+                 reports for the pushed image"
+            ))
+        }
+    }
+}
+
+impl Digest {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A CPU quantity in millicores, written as Kubernetes does: `250m`, `2`,
 /// `0.5`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -488,6 +526,24 @@ mod tests {
         assert_eq!((memory.kubernetes(), memory.compose()), ("512Mi".to_owned(), "512M".to_owned()));
         for bad in ["512", "512M", "0Mi", "1.5Gi", "Mi"] {
             assert!(Memory::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_digest_is_sha256_and_64_lower_case_hex_digits() {
+        let hex = "0123456789abcdef".repeat(4);
+        assert_eq!(Digest::try_from(format!("sha256:{hex}")).unwrap().as_str(), format!("sha256:{hex}"));
+        for bad in [
+            hex.clone(),
+            format!("sha256:{}", &hex[1..]),
+            format!("sha256:{hex}0"),
+            format!("sha256:{}", hex.to_uppercase()),
+            format!("sha512:{hex}"),
+            format!("sha256:{}g", &hex[1..]),
+            "".to_owned(),
+        ] {
+            let err = Digest::try_from(bad.clone()).expect_err(&bad);
+            assert!(err.contains("64 lower-case hex digits"), "{err}");
         }
     }
 

@@ -36,6 +36,7 @@ const PLATFORM_VARS: &[&str] = &[
 ];
 
 pub fn validate(env: &Environment, targets: &Targets) -> Result {
+    environment_defaults(env)?;
     kind_sections(env)?;
     names_and_targets(env, targets)?;
     ports(env)?;
@@ -46,6 +47,67 @@ pub fn validate(env: &Environment, targets: &Targets) -> Result {
     gateway(env)?;
     loadtest(env)?;
     images(env)?;
+    platform_image(env)?;
+    Ok(())
+}
+
+/// The platform's image as rendered, `image:tag[@digest]`, is a reference an
+/// engine accepts. The digest has a key of its own (where the release step
+/// writes it, docs/releases.md), and belongs only where images come from a
+/// registry: a local deployment runs what it has just built.
+fn platform_image(env: &Environment) -> Result {
+    let platform = &env.model.platform;
+    let (at, reference) = match &platform.tag {
+        Some(tag) if tag.contains('@') => {
+            return Err(env.error_at(
+                &key(&["platform", "tag"]),
+                "a tag holds no digest: write the digest as platform.digest = \"sha256:...\"",
+            ));
+        }
+        Some(tag) => (key(&["platform", "tag"]), format!("{}:{tag}", platform.image)),
+        None => (key(&["platform", "image"]), platform.image.clone()),
+    };
+    image_reference(&reference)
+        .map_err(|why| env.error_at(&at, format!("`{reference}` is not an image reference: {why}")))?;
+    let set = [
+        ("digest", platform.digest.is_some()),
+        ("gateway_digest", platform.gateway_digest.is_some()),
+        ("require_digest", platform.require_digest),
+    ];
+    match env.model.kind {
+        Kind::Local => {
+            if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(env.error_at(
+                    &key(&["platform", field]),
+                    "a local environment runs the images `cargo xtask deploy` builds on this machine, named by \
+                     tag; a digest names an image pushed to a registry",
+                ));
+            }
+        }
+        Kind::Kubernetes => {
+            if platform.gateway_digest.is_some() {
+                return Err(env.error_at(
+                    &key(&["platform", "gateway_digest"]),
+                    "a kubernetes environment's gateway is the cluster's ingress controller: there is no gateway \
+                     image of ours to pin",
+                ));
+            }
+        }
+        Kind::Compose => {
+            if platform.digest.is_some() != platform.gateway_digest.is_some() {
+                let (written, missing) =
+                    if platform.digest.is_some() { ("digest", "gateway_digest") } else { ("gateway_digest", "digest") };
+                return Err(env.error_at(
+                    &key(&["platform", written]),
+                    format!(
+                        "a compose environment runs two images of ours, the services' and the gateway's \
+                         (`{}-gateway`): pin both by digest or neither; platform.{missing} is missing",
+                        platform.image
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -125,6 +187,40 @@ pub fn image_reference(image: &str) -> std::result::Result<(), String> {
         if !valid {
             return Err(format!(
                 "`{component}`: a repository's path is lowercase letters and digits, with `.`, `_` or `-` between them"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a workload is, rather than how an environment runs it: its port,
+/// its routes, the secrets and backing services it needs, its request
+/// timeout. base.toml says these per service and worker.
+const WHAT_A_WORKLOAD_IS: &[&str] = &["port", "routes", "secrets", "uses", "request_timeout_secs"];
+
+/// An environment's `[defaults]` outranks what base.toml says of each
+/// service and worker (layers.rs), which is what sizing wants (staging's
+/// replicas reach the transaction service). For what a workload is, it would
+/// silently replace the workload's own value (`secrets` there would take the
+/// refresh-token key from auth), so an environment file may not set those
+/// in its `[defaults]`; base.toml's own `[defaults]` may, as the starting
+/// point each workload overrides.
+fn environment_defaults(env: &Environment) -> Result {
+    for name in WHAT_A_WORKLOAD_IS {
+        let at = key(&["defaults", name]);
+        if env.layered.origins.get(&at).is_some_and(|origin| origin.layer > 0) {
+            let hint = if *name == "request_timeout_secs" {
+                "; platform.request_timeout_secs is the environment-wide one, for workloads that name none"
+            } else {
+                ""
+            };
+            return Err(env.error_at(
+                &at,
+                format!(
+                    "`{name}` says what a workload is, and an environment's [defaults] would replace what \
+                     base.toml says of every service and worker: set it in the [services.NAME] or \
+                     [workers.NAME] it is about{hint}"
+                ),
             ));
         }
     }

@@ -24,8 +24,18 @@ pub struct Context {
     pub kind: Kind,
     /// The files this was rendered from, for the header of each output.
     pub sources: String,
+    /// The image every workload runs: `image:tag`, with `@digest` when the
+    /// environment pins one.
     pub image: String,
+    /// What a build tags and a release pushes: `image:tag`, never a digest
+    /// (the registry computes that).
+    pub built_image: String,
+    /// The gateway image (compose), likewise with and without its digest.
     pub gateway_image: String,
+    pub built_gateway_image: String,
+    /// Whether the images are named by digest: then they come from the
+    /// registry (compose pulls them when missing) instead of a local build.
+    pub pinned: bool,
     pub platform: PlatformView,
     pub migrate: MigrateView,
     pub gateway: GatewayView,
@@ -244,6 +254,10 @@ pub struct ComposeView {
     pub project: String,
     pub subnet: String,
     pub gateway_address: String,
+    /// `never` for images built on this machine (a pull could only fetch
+    /// something else under their name); `missing` for images named by
+    /// digest, which can only be the released ones.
+    pub pull_policy: &'static str,
 }
 
 /// `freedumb migrate`: it needs only the database.
@@ -268,7 +282,15 @@ fn compose_secret(name: &str) -> String {
 pub fn build(environment: &Environment, upstreams: Upstreams, k8s_files: Vec<String>) -> Context {
     let model = &environment.model;
     let platform = &model.platform;
-    let image = format!("{}:{}", platform.image, platform.tag.as_deref().unwrap_or("local"));
+    let tag = platform.tag.as_deref().unwrap_or("local");
+    let built_image = format!("{}:{tag}", platform.image);
+    let built_gateway_image = format!("{}-gateway:{tag}", platform.image);
+    let pinned = |built: &str, digest: &Option<crate::environment::Digest>| match digest {
+        Some(digest) => format!("{built}@{}", digest.as_str()),
+        None => built.to_owned(),
+    };
+    let image = pinned(&built_image, &platform.digest);
+    let gateway_image = pinned(&built_gateway_image, &platform.gateway_digest);
 
     let workloads: Vec<(Role, &str, &Workload)> = environment
         .services()
@@ -327,7 +349,10 @@ pub fn build(environment: &Environment, upstreams: Upstreams, k8s_files: Vec<Str
             .collect::<Vec<_>>()
             .join(" + "),
         image,
-        gateway_image: format!("{}-gateway:{}", platform.image, platform.tag.as_deref().unwrap_or("local")),
+        built_image,
+        gateway_image,
+        built_gateway_image,
+        pinned: platform.digest.is_some(),
         migrate: migrate_view(environment),
         platform: PlatformView {
             rust_image: platform.build.rust_image.clone(),
@@ -357,8 +382,9 @@ pub fn build(environment: &Environment, upstreams: Upstreams, k8s_files: Vec<Str
             tls_secret: k.tls_secret.clone(),
             ingress_namespace: k.ingress_namespace.clone(),
             monitoring_namespace: k.monitoring_namespace.clone(),
-            // The tag is pinned and never reused, so a node's cached copy is
-            // the right one; `Always` only adds a registry round trip per
+            // The tag is pinned and never reused (and with a digest, the
+            // reference names the content itself), so a node's cached copy
+            // is the right one; `Always` only adds a registry round trip per
             // start (and an outage when the registry is down).
             image_pull_policy: "IfNotPresent",
             files: k8s_files,
@@ -367,6 +393,7 @@ pub fn build(environment: &Environment, upstreams: Upstreams, k8s_files: Vec<Str
             project: c.project.clone(),
             subnet: c.subnet.clone(),
             gateway_address: c.gateway_address.to_string(),
+            pull_policy: if platform.digest.is_some() { "missing" } else { "never" },
         }),
     }
 }

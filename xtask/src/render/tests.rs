@@ -50,13 +50,30 @@ enabled = true
 "#;
 
 pub fn everything(name: &str) -> Environment {
+    everything_and(name, "")
+}
+
+/// `everything(name)` with `extra` laid over it.
+pub fn everything_and(name: &str, extra: &str) -> Environment {
     let root = root();
     let layers = vec![
         layer(&root, environment::BASE),
         layer(&root, name),
-        Layer { path: PathBuf::from("everything.toml"), text: EVERYTHING.to_owned() },
+        Layer { path: PathBuf::from("everything.toml"), text: format!("{EVERYTHING}\n{extra}") },
     ];
     from_layers(name, layers, &Targets::everything()).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// A digest of the right form for tests. Made up: no registry has it, and
+/// no environment file may carry it.
+pub const TEST_DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub const TEST_GATEWAY_DIGEST: &str = "sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
+/// An environment as the release step leaves it: what `everything(name)`
+/// renders, with the (made-up) digests of a pushed release.
+pub fn released(name: &str) -> Environment {
+    let gateway = if name == "dev" { format!("gateway_digest = \"{TEST_GATEWAY_DIGEST}\"\n") } else { String::new() };
+    everything_and(name, &format!("[platform]\ndigest = \"{TEST_DIGEST}\"\n{gateway}"))
 }
 
 fn committed(name: &str) -> Environment {
@@ -510,7 +527,8 @@ fn compose_start_up_order_matches_the_kubernetes_probes() {
 fn no_secret_value_is_rendered_for_a_shared_environment() {
     let root = root();
     for name in ["dev", "staging", "prod"] {
-        let environment = everything(name);
+        // Prod's policy also wants its images by digest, as released.
+        let environment = if name == "prod" { released(name) } else { everything(name) };
         let files = render(&root, &environment, Upstreams::Deployed).unwrap();
         assert_eq!(crate::policy::check(&environment, &files).unwrap(), Vec::new(), "{name}");
         for (path, text) in &files {
@@ -573,4 +591,194 @@ fn render_into_a_directory_it_did_not_write_is_refused_and_check_reports_a_diff(
     // Rendering again replaces the directory whole: the stray file goes.
     write(&files, &out).unwrap();
     assert_eq!(compare(&files, &out).unwrap(), "");
+}
+
+/// (minReplicas, maxReplicas) of each workload's HorizontalPodAutoscaler,
+/// or (replicas, replicas) of a Deployment without one.
+fn scaling(files: &Files) -> BTreeMap<String, (u64, u64)> {
+    let mut scaling = BTreeMap::new();
+    for (path, text) in files.iter().filter(|(path, _)| path.starts_with("k8s/")) {
+        for document in documents(path, text).unwrap() {
+            let name = str_at(&document, &["metadata", "name"]).unwrap_or("").to_owned();
+            match str_at(&document, &["kind"]) {
+                Some("HorizontalPodAutoscaler") => {
+                    let spec = at(&document, &["spec"]);
+                    scaling
+                        .insert(name, (spec["minReplicas"].as_u64().unwrap(), spec["maxReplicas"].as_u64().unwrap()));
+                }
+                Some("Deployment") => {
+                    if let Some(replicas) = at(&document, &["spec", "replicas"]).as_u64() {
+                        scaling.insert(name, (replicas, replicas));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    scaling
+}
+
+/// Staging is prod's shape on a smaller scale (its header): its
+/// `[defaults] replicas` reaches every service, including the transaction
+/// service whose replicas base.toml names; it once autoscaled 3–10 like prod.
+#[test]
+fn staging_scales_every_service_by_its_own_defaults_and_prod_keeps_its_per_service_replicas() {
+    let root = root();
+    let staging = scaling(&render(&root, &committed("staging"), Upstreams::Deployed).unwrap());
+    assert_eq!(staging["transaction-service"], (2, 4), "staging transaction HPA");
+    assert_eq!(staging["auth-service"], (2, 4));
+    assert_eq!(staging["budget-service"], (2, 4));
+    assert_eq!(staging["worker-recurring"], (1, 1), "one recurring worker, as in prod");
+    let prod = scaling(&render(&root, &committed("prod"), Upstreams::Deployed).unwrap());
+    assert_eq!(prod["transaction-service"], (3, 10), "prod transaction HPA, from base.toml");
+    assert_eq!(prod["auth-service"], (3, 10), "from prod.toml");
+    assert_eq!(prod["budget-service"], (2, 10), "base.toml's defaults");
+    assert_eq!(prod["worker-recurring"], (1, 1));
+}
+
+/// "A smaller scale" for every workload the model has, enabled or not: an
+/// environment's [defaults] reaches what base.toml pins (the workers' one
+/// replica), so staging must pin them again, and a worker enabled there
+/// later must not start at 2–4 replicas where prod runs one.
+#[test]
+fn staging_never_runs_more_replicas_of_a_workload_than_prod() {
+    let (staging, prod) = (committed("staging"), committed("prod"));
+    let mut compared = 0;
+    for (collection, staging_items, prod_items) in [
+        ("services", &staging.model.services, &prod.model.services),
+        ("workers", &staging.model.workers, &prod.model.workers),
+    ] {
+        for (name, small) in staging_items {
+            let (small, large) = (&small.replicas, &prod_items[name].replicas);
+            assert!(
+                small.min <= large.min && small.max <= large.max,
+                "{collection}.{name}: staging runs {}–{} replicas, prod {}–{}",
+                small.min,
+                small.max,
+                large.min,
+                large.max
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 11, "every seed service and worker");
+}
+
+/// The value of the one `name ...;` directive in `conf` (its words after the
+/// name), or `None` when there is none.
+fn directive<'a>(conf: &'a str, name: &str) -> Option<&'a str> {
+    let mut found = conf.lines().filter_map(|line| {
+        let line = line.trim();
+        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+        Some(rest.trim_end_matches(';').trim())
+    });
+    let first = found.next();
+    assert!(found.next().is_none(), "`{name}` appears twice");
+    first
+}
+
+/// Mozilla's "intermediate" TLS (guidelines 6.0, for nginx 1.22 and
+/// OpenSSL 3.0): the seed's `HIGH:!aNULL:!MD5` admitted TLS 1.2 suites
+/// without forward secrecy (static RSA) and CBC suites. The running
+/// gateway's handshakes are in check.rs.
+#[test]
+fn the_gateway_speaks_mozillas_intermediate_tls() {
+    let root = root();
+    let dev = committed("dev");
+    assert!(dev.model.gateway.tls, "dev terminates TLS");
+    let conf = &render(&root, &dev, Upstreams::Deployed).unwrap()["nginx/nginx.conf"];
+    let expected = [
+        ("ssl_protocols", "TLSv1.2 TLSv1.3"),
+        ("ssl_ecdh_curve", "X25519:prime256v1:secp384r1"),
+        (
+            "ssl_ciphers",
+            "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:\
+             ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305",
+        ),
+        ("ssl_prefer_server_ciphers", "off"),
+        ("ssl_session_timeout", "1d"),
+        ("ssl_session_cache", "shared:SSL:10m"),
+        ("ssl_session_tickets", "off"),
+    ];
+    for (name, value) in expected {
+        assert_eq!(directive(conf, name), Some(value), "{name}");
+    }
+    // Every suite for TLS 1.2 has ECDHE key exchange and an AEAD cipher.
+    for suite in directive(conf, "ssl_ciphers").unwrap().split(':') {
+        assert!(suite.starts_with("ECDHE-"), "{suite}: no forward secrecy");
+        assert!(suite.contains("-GCM-") || suite.ends_with("-CHACHA20-POLY1305"), "{suite}: not AEAD");
+    }
+    // No DHE suite, so no DH parameters are needed (nginx would skip DHE without them).
+    assert_eq!(directive(conf, "ssl_dhparam"), None);
+    // Without TLS there is nothing of it.
+    let local = &render(&root, &committed("local"), Upstreams::Deployed).unwrap()["nginx/nginx.conf"];
+    assert_eq!(directive(local, "ssl_ciphers"), None);
+}
+
+/// A worker holds up to worker_connections sockets (a proxied request two)
+/// plus files; with the soft limit it inherits (1024 on many systems) the
+/// gateway fails near 500 clients, so it raises its own.
+#[test]
+fn every_gateway_may_open_twice_its_connections_in_files_and_more() {
+    let root = root();
+    let mut gateways = 0;
+    for name in environment::names(&root).unwrap() {
+        let files = render(&root, &committed(&name), Upstreams::Deployed).unwrap();
+        let Some(conf) = files.get("nginx/nginx.conf") else { continue };
+        let number =
+            |name: &str| -> u64 { directive(conf, name).unwrap_or_else(|| panic!("no {name}")).parse().unwrap() };
+        let (files_limit, connections) = (number("worker_rlimit_nofile"), number("worker_connections"));
+        assert!(files_limit > 2 * connections, "{name}: worker_rlimit_nofile {files_limit}, connections {connections}");
+        gateways += 1;
+    }
+    assert_eq!(gateways, 4, "local, dev, test, test-infra");
+}
+
+/// A pinned release renders `image:tag@digest` wherever one of our images
+/// runs (every container and init container in Kubernetes; every service,
+/// the migration and the gateway in compose, which then pulls instead of
+/// expecting a local build), while a build still tags `image:tag`.
+#[test]
+fn a_digest_names_every_image_of_ours_wherever_it_runs() {
+    let root = root();
+    let files = render(&root, &released("prod"), Upstreams::Deployed).unwrap();
+    let ours = format!("ghcr.io/freedumb/freedumb:0.1.0@{TEST_DIGEST}");
+    let mut containers = 0;
+    for (path, text) in files.iter().filter(|(path, _)| path.starts_with("k8s/")) {
+        for document in documents(path, text).unwrap() {
+            let pod = at(&document, &["spec", "template", "spec"]);
+            for list in ["containers", "initContainers"] {
+                for container in at(pod, &[list]).as_sequence().into_iter().flatten() {
+                    assert_eq!(str_at(container, &["image"]), Some(ours.as_str()), "{path}");
+                    containers += 1;
+                }
+            }
+        }
+    }
+    assert!(containers >= 11, "{containers} containers");
+    assert!(files["Dockerfile"].contains("--target runtime -t ghcr.io/freedumb/freedumb:0.1.0 ."));
+
+    let files = render(&root, &released("dev"), Upstreams::Deployed).unwrap();
+    let compose: Value = serde_yaml::from_str(&files["docker-compose.yml"]).unwrap();
+    let mut ours_seen = 0;
+    for (name, service) in at(&compose, &["services"]).as_mapping().unwrap() {
+        let (name, image) = (name.as_str().unwrap(), str_at(service, &["image"]).unwrap());
+        let expected = match name {
+            "postgres" | "redis" | "rabbitmq" | "mongodb" => continue,
+            "gateway" => format!("ghcr.io/freedumb/freedumb-gateway:dev@{TEST_GATEWAY_DIGEST}"),
+            _ => format!("ghcr.io/freedumb/freedumb:dev@{TEST_DIGEST}"),
+        };
+        assert_eq!(image, expected, "{name}");
+        assert_eq!(str_at(service, &["pull_policy"]), Some("missing"), "{name}");
+        ours_seen += 1;
+    }
+    assert!(ours_seen >= 12, "{ours_seen}");
+    assert!(files["docker-compose.yml"].contains("compose pulls them from the registry when missing"));
+
+    // Unpinned, as committed: tags only, built on this machine.
+    let files = render(&root, &committed("dev"), Upstreams::Deployed).unwrap();
+    let compose: Value = serde_yaml::from_str(&files["docker-compose.yml"]).unwrap();
+    let gateway = at(&compose, &["services", "gateway"]);
+    assert_eq!(str_at(gateway, &["image"]), Some("ghcr.io/freedumb/freedumb-gateway:dev"));
+    assert_eq!(str_at(gateway, &["pull_policy"]), Some("never"));
 }
