@@ -14,15 +14,6 @@ use uuid::Uuid;
 
 use crate::SCHEMA;
 
-pub use freedumb_kit::events::rabbitmq_url;
-
-/// The exchange events go to: `EVENTS_EXCHANGE`, or `freedumb.events`.
-/// Tests give each platform its own, so parallel tests never see each
-/// other's events.
-pub fn exchange(env: &freedumb_kit::config::Env) -> String {
-    env.get("EVENTS_EXCHANGE").unwrap_or_else(|| freedumb_kit::events::EXCHANGE.to_owned())
-}
-
 pub const CREATED: &str = "transaction.created";
 pub const UPDATED: &str = "transaction.updated";
 pub const DELETED: &str = "transaction.deleted";

@@ -21,6 +21,27 @@ async fn budget_until(app: &TestApp, user: &SignedIn, id: &str, done: impl Fn(&V
     }
 }
 
+impl TestApp {
+    /// Creates a budget as a client should: the budget service learns of a
+    /// category from the ledger's events, a moment after it is created, and
+    /// until then refuses it with a 422 `unknown_category` that says to
+    /// retry.
+    pub async fn create_budget(&self, user: &SignedIn, body: Value) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let response = self.send(user, "POST", "/v1/budgets", Some(body.clone())).await;
+            let status = response.status();
+            let answer: Value = response.json().await.unwrap();
+            if status == 201 {
+                return answer;
+            }
+            assert_eq!((status.as_u16(), answer["code"].as_str()), (422, Some("unknown_category")), "{answer}");
+            assert!(std::time::Instant::now() < deadline, "the category never reached budgets: {answer}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 fn category(categories: &Value, name: &str) -> Value {
     categories["items"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()["id"].clone()
 }

@@ -81,7 +81,8 @@ fn help_is_available_on_every_level() {
 async fn sigterm_finishes_the_request_in_flight_and_logs_are_json() {
     let db = database().await;
     let broker = crate::helpers::TestBroker::new().await;
-    broker.delete_on_drop(&format!("{}.budget.transactions", broker.exchange));
+    // Its deployment is its database's name (DEPLOYMENT is unset).
+    broker.delete_on_drop(&format!("{}.{}.{}", broker.exchange, db.name, freedumb_budget::SPENDING_QUEUE));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = freedumb()
         .args(["serve", "all"])
