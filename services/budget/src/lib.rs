@@ -61,7 +61,7 @@ impl Service for BudgetService {
     fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
         // The kit names each queue for this deployment, so deployments
         // sharing a broker never take each other's events.
-        let bus = Bus::from_env(env, &platform.config)?;
+        let bus = Bus::from_env(env, platform)?;
         let spending =
             Consumer::new(platform.db.clone(), SCHEMA, &bus, SPENDING_QUEUE, &["transaction.*"], spending::Spending);
         let relay = Relay::new(platform.db.clone(), SCHEMA, &bus);

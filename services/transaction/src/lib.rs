@@ -65,7 +65,7 @@ impl Service for TransactionService {
     }
 
     fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
-        let bus = Bus::from_env(env, &platform.config)?;
+        let bus = Bus::from_env(env, platform)?;
         Ok(vec![Relay::new(platform.db.clone(), SCHEMA, &bus).into_task()])
     }
 }

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{Backoff, Bus, DEAD_LETTER_EXCHANGE, Event, Outage, PRUNE_EVERY, pause, prune_in_batches, within};
+use super::{
+    Backoff, BindingTicket, Bus, DEAD_LETTER_EXCHANGE, Event, Outage, PRUNE_EVERY, pause, prune_in_batches, within,
+};
 use crate::db::{Db, check_schema};
 use crate::service::BackgroundTask;
 
@@ -213,6 +215,9 @@ pub struct Consumer {
     bindings: Vec<String>,
     handler: Arc<dyn EventHandler>,
     config: Arc<ConsumerConfig>,
+    /// Set by [`Consumer::into_task`]: the relays of the process wait for
+    /// this consumer's queue to be bound.
+    ticket: Option<Arc<BindingTicket>>,
 }
 
 enum Handled {
@@ -233,6 +238,7 @@ impl Consumer {
             bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
             handler: Arc::new(handler),
             config: Arc::new(ConsumerConfig::default()),
+            ticket: None,
         }
     }
 
@@ -247,7 +253,10 @@ impl Consumer {
     }
 
     /// The consumer as a background task named `event-consumer:<queue>`.
-    pub fn into_task(self) -> BackgroundTask {
+    /// From now on the relays of its bus wait for its queue to be bound
+    /// before they publish (see [`super::PendingBindings`]).
+    pub fn into_task(mut self) -> BackgroundTask {
+        self.ticket = Some(self.bus.pending().register());
         BackgroundTask::new(format!("event-consumer:{}", self.queue), move |shutdown| {
             let consumer = self.clone();
             async move { consumer.run(shutdown).await }
@@ -284,6 +293,9 @@ impl Consumer {
             };
             broker.recovered();
             backoff.reset();
+            if let Some(ticket) = &self.ticket {
+                ticket.bound();
+            }
             let result = self.consume(&mut session, &shutdown, &mut database, &mut foreign, &mut next_prune).await;
             // Closing returns any prefetched, unhandled messages to the queue.
             super::close(session.connection).await;

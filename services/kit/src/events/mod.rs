@@ -34,7 +34,10 @@
 //! **Events without a bound queue are dropped** by the exchange, as in any
 //! pub/sub. A consumer's queue is durable: declared once, it collects events
 //! while its consumer is down. Declare it (start the consumer) before the
-//! events it must see are published.
+//! events it must see are published. Within one process this is done for
+//! you: a relay publishes nothing until the consumers of its process have
+//! bound their queues (see [`PendingBindings`]). Across processes, start
+//! a new consumer before its events are published, or replay them.
 //!
 //! **Events never cross deployments.** Several deployments may share one
 //! broker, and with it one exchange. Each consumer's queue is therefore
@@ -54,6 +57,7 @@ mod consumer;
 mod outbox;
 mod relay;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -66,7 +70,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::{Config, ConfigError, Env};
+use crate::config::{ConfigError, Env};
+use crate::service::Platform;
 
 pub use consumer::{ATTEMPT_HEADER, Consumer, ConsumerConfig, EventHandler, HandleError, handler_fn};
 pub(crate) use outbox::create_tables;
@@ -157,19 +162,25 @@ pub struct Bus {
     url: SecretString,
     exchange: String,
     deployment: Deployment,
+    pending: PendingBindings,
 }
 
 impl Bus {
     /// `url` is the broker's (see [`rabbitmq_url`]); it is never logged.
+    /// The relays and consumers made from this bus (and its clones) are
+    /// one process's: its relays wait for its consumers' bindings.
     pub fn new(url: SecretString, exchange: impl Into<String>, deployment: Deployment) -> Self {
-        Bus { url, exchange: exchange.into(), deployment }
+        Bus { url, exchange: exchange.into(), deployment, pending: PendingBindings::default() }
     }
 
     /// Reads [`RABBITMQ_URL`] and [`EVENTS_EXCHANGE`], for the deployment
-    /// the process's configuration names.
-    pub fn from_env(env: &Env, config: &Config) -> Result<Self, ConfigError> {
+    /// the platform's configuration names, sharing the platform's
+    /// [`PendingBindings`] with every other service of the process.
+    pub fn from_env(env: &Env, platform: &Platform) -> Result<Self, ConfigError> {
         let exchange = env.get(EVENTS_EXCHANGE).map_or_else(|| EXCHANGE.to_owned(), |e| e.trim().to_owned());
-        Ok(Bus::new(rabbitmq_url(env)?, exchange, config.deployment.clone()))
+        let mut bus = Bus::new(rabbitmq_url(env)?, exchange, platform.config.deployment.clone());
+        bus.pending = platform.pending_bindings.clone();
+        Ok(bus)
     }
 
     pub fn exchange(&self) -> &str {
@@ -190,6 +201,57 @@ impl Bus {
 
     pub(crate) fn url(&self) -> &SecretString {
         &self.url
+    }
+
+    pub(crate) fn pending(&self) -> &PendingBindings {
+        &self.pending
+    }
+}
+
+/// The consumers of one process that have not bound their queues yet.
+///
+/// In one process (`serve all`) relays and consumers start together, and a
+/// relay with rows waiting (a backfill, events recorded while the process
+/// was down) would otherwise publish them before a new consumer's queue
+/// exists, and the exchange would drop them. So a consumer counts itself
+/// here when it becomes a task ([`Consumer::into_task`]) and counts itself
+/// out once its queue is declared and bound, and a relay waits, up to its
+/// `RelayConfig::bindings_wait`, until none is left before it publishes.
+#[derive(Clone, Default)]
+pub struct PendingBindings(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl PendingBindings {
+    /// One more consumer to wait for; it is counted out by
+    /// [`BindingTicket::bound`] (once, however often it is called).
+    pub(crate) fn register(&self) -> Arc<BindingTicket> {
+        self.0.send_modify(|pending| *pending += 1);
+        Arc::new(BindingTicket { pending: self.clone(), bound: std::sync::atomic::AtomicBool::new(false) })
+    }
+
+    /// Waits until every registered consumer has bound its queue, or
+    /// `timeout`; the consumers still unbound then (0 if none).
+    pub(crate) async fn wait(&self, timeout: Duration) -> usize {
+        let mut pending = self.0.subscribe();
+        let _ = tokio::time::timeout(timeout, pending.wait_for(|n| *n == 0)).await;
+        *pending.borrow()
+    }
+
+    pub(crate) fn unbound(&self) -> usize {
+        *self.0.borrow()
+    }
+}
+
+/// A consumer's place in [`PendingBindings`].
+pub(crate) struct BindingTicket {
+    pending: PendingBindings,
+    bound: std::sync::atomic::AtomicBool,
+}
+
+impl BindingTicket {
+    pub(crate) fn bound(&self) {
+        if !self.bound.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.pending.0.send_modify(|pending| *pending = pending.saturating_sub(1));
+        }
     }
 }
 

@@ -34,6 +34,10 @@ pub struct RelayConfig {
     pub confirm_timeout: Duration,
     /// Published rows older than this are deleted.
     pub retention: Duration,
+    /// How long a relay waits, when it starts, for the consumers of its
+    /// process to bind their queues (see [`super::PendingBindings`]); it
+    /// publishes anyway after that, with a warning.
+    pub bindings_wait: Duration,
 }
 
 impl Default for RelayConfig {
@@ -44,6 +48,7 @@ impl Default for RelayConfig {
             max_backoff: Duration::from_secs(10),
             confirm_timeout: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
+            bindings_wait: Duration::from_secs(30),
         }
     }
 }
@@ -103,6 +108,7 @@ impl Relay {
         let mut publisher: Option<Publisher> = None;
         let mut next_pending = Instant::now();
         let mut next_prune = Instant::now();
+        self.wait_for_bindings(&shutdown).await;
         while !shutdown.is_cancelled() {
             if Instant::now() >= next_pending {
                 next_pending = Instant::now() + PENDING_EVERY;
@@ -168,6 +174,34 @@ impl Relay {
             super::close(active.connection).await;
         }
         Ok(())
+    }
+
+    /// Waits (see [`RelayConfig::bindings_wait`]) until the consumers of
+    /// this process have bound their queues, so that nothing they must see
+    /// is published into an exchange that would drop it.
+    async fn wait_for_bindings(&self, shutdown: &CancellationToken) {
+        let pending = self.bus.pending();
+        if pending.unbound() == 0 {
+            return;
+        }
+        let started = Instant::now();
+        let unbound = tokio::select! {
+            unbound = pending.wait(self.config.bindings_wait) => unbound,
+            () = shutdown.cancelled() => return,
+        };
+        if unbound == 0 {
+            tracing::debug!(
+                waited_ms = started.elapsed().as_millis() as u64,
+                "the consumers of this process have bound their queues; publishing"
+            );
+        } else {
+            tracing::warn!(
+                unbound,
+                waited_secs = self.config.bindings_wait.as_secs(),
+                "publishing although consumers of this process have not bound their queues yet: events they \
+                 should see may be dropped by the exchange until they do (docs/events.md says how to replay)",
+            );
+        }
     }
 
     /// Publishes one batch; the number of rows marked published.

@@ -236,6 +236,36 @@ async fn events_of_another_deployment_are_counted_and_dropped_never_handled() {
 }
 
 #[tokio::test]
+async fn a_relay_waits_for_the_consumers_of_its_process_to_bind_their_queues() {
+    // In one process (`serve all`) the relay and the consumers start
+    // together. An event already in the outbox (a backfill, say) must not
+    // be published before the consumers' queues are bound, or the exchange
+    // drops it.
+    let s = setup().await;
+    create_seen_table(&s.db).await;
+    let pending = record(&s.db, "transaction.created", json!({ "amount_minor": 1 })).await;
+    let bus = s.broker.bus(DEPLOYMENT);
+    let queue = s.broker.queue_for(&bus, "spending");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let consumer =
+        Consumer::new(s.db.clone(), SCHEMA, &bus, "spending", &["transaction.*"], handler(calls, Behaviour::Succeed))
+            .with_config(s.broker.consumer_config());
+    let relay = Relay::new(s.db.clone(), SCHEMA, &bus).with_config(s.broker.relay_config());
+    // Both tasks exist, as after `Service::background`; the relay runs
+    // first, and the consumer only a while later.
+    let (consumer, relay) = (consumer.into_task(), relay.into_task());
+    let relay = spawn(relay);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let consumer = spawn(consumer);
+
+    eventually("the event reaches the consumer", WAIT, || async { !seen(&s.db).await.is_empty() }).await;
+    assert_eq!(seen(&s.db).await, [(pending, "transaction.created".to_owned())]);
+    assert!(settled(&s.broker, &queue).await);
+    relay.stop().await.unwrap();
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_committed_write_reaches_another_services_handler() {
     // The path a transaction takes to the budget service: recorded with the
     // write, relayed, consumed into the consumer's own transaction.
