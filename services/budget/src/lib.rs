@@ -2,11 +2,13 @@
 //! under `/v1/budgets`, savings goals under `/v1/goals`.
 //!
 //! It never reads the transaction service's tables. Spending reaches it as
-//! `transaction.*` events through RabbitMQ (see [`spending`]), and it
-//! announces `budget.threshold_crossed` and `goal.reached` the same way,
-//! through its own outbox.
+//! `transaction.*` events through RabbitMQ (see [`spending`]), the users'
+//! categories as `category.*` events (see [`categories`]), and it announces
+//! `budget.threshold_crossed` and `goal.reached` the same way, through its
+//! own outbox.
 
 mod budgets;
+pub mod categories;
 mod goals;
 mod period;
 pub mod spending;
@@ -64,8 +66,16 @@ impl Service for BudgetService {
         let bus = Bus::from_env(env, platform)?;
         let spending =
             Consumer::new(platform.db.clone(), SCHEMA, &bus, SPENDING_QUEUE, &["transaction.*"], spending::Spending);
+        let categories = Consumer::new(
+            platform.db.clone(),
+            SCHEMA,
+            &bus,
+            categories::CATEGORIES_QUEUE,
+            &["category.*"],
+            categories::Categories,
+        );
         let relay = Relay::new(platform.db.clone(), SCHEMA, &bus);
-        Ok(vec![spending.into_task(), relay.into_task()])
+        Ok(vec![spending.into_task(), categories.into_task(), relay.into_task()])
     }
 }
 

@@ -11,6 +11,7 @@
 mod account_number;
 mod accounts;
 mod categories;
+pub mod category_events;
 pub mod events;
 mod import;
 mod recurring;

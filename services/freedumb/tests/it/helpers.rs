@@ -84,8 +84,12 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the platform (`serve all`) with the test environment, changed by
 /// `customize`.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut BTreeMap<String, String>)) -> TestApp {
+    spawn_app_on(database().await, customize).await
+}
+
+/// Starts the platform on `db`, a database the test prepared (migrated).
+pub async fn spawn_app_on(db: TestDatabase, customize: impl FnOnce(&mut BTreeMap<String, String>)) -> TestApp {
     init_logs();
-    let db = database().await;
     let broker = TestBroker::new().await;
     let redis_prefix = format!("test:{}:", Uuid::new_v4().simple());
     let mut vars = base_env(&db.url);
