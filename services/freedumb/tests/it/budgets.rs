@@ -92,6 +92,7 @@ async fn spending_moves_the_budget_and_thresholds_are_announced_once() {
     let event = crossed[0].event();
     assert_eq!(event.kind, "budget.threshold_crossed");
     assert_eq!(event.data["threshold"], 80);
+    assert_eq!(event.data["version"], 1);
     assert_eq!(event.data["spent_minor"], 8500);
 
     spend("-20.00").await;
@@ -192,6 +193,7 @@ async fn a_goal_shows_progress_and_is_announced_when_reached() {
     assert!(done["reached_at"].is_string());
     let events = app.broker.take_exactly(&reached, 1, Duration::from_secs(15)).await;
     assert_eq!(events[0].event().data["goal_id"], id.as_str());
+    assert_eq!(events[0].event().data["version"], 1);
 
     // Only once.
     app.ok(&user, "POST", &path, Some(json!({"amount": "5.00"}))).await;

@@ -58,6 +58,7 @@ async fn writes_go_on_while_rabbitmq_is_away_and_every_event_arrives_after() {
     for message in &delivered {
         assert_eq!(message.delivery_mode, Some(2), "persistent");
         assert_eq!(message.event().data["amount_minor"].as_i64().map(|a| a < 0), Some(true));
+        assert_eq!(message.event().data["version"], 1, "payloads carry their contract's version");
     }
 }
 
