@@ -82,7 +82,9 @@ async fn sigterm_finishes_the_request_in_flight_and_logs_are_json() {
     let db = database().await;
     let broker = crate::helpers::TestBroker::new().await;
     // Its deployment is its database's name (DEPLOYMENT is unset).
-    broker.delete_on_drop(&format!("{}.{}.{}", broker.exchange, db.name, freedumb_budget::SPENDING_QUEUE));
+    for purpose in [freedumb_budget::SPENDING_QUEUE, freedumb_budget::categories::CATEGORIES_QUEUE] {
+        broker.delete_on_drop(&format!("{}.{}.{purpose}", broker.exchange, db.name));
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = freedumb()
         .args(["serve", "all"])

@@ -8,10 +8,10 @@
 //!                              topic exchange `freedumb.events` (durable, persistent messages,
 //!                                                                  │ publisher confirms)
 //!                                                                  ▼ bindings such as `transaction.*`
-//!                            queue `<name>` (quorum) ──▶ Consumer ──(one transaction)──▶ <schema>.inbox + handler's writes
+//!        queue `<exchange>.<deployment>.<purpose>` (quorum) ──▶ Consumer ──(one transaction)──▶ <schema>.inbox + handler's writes
 //!                                  │ rejected (poison, or out of attempts)
 //!                                  ▼
-//!                 `freedumb.events.dlx` (direct) ──▶ queue `<name>.dlq`
+//!                 `freedumb.events.dlx` (direct) ──▶ queue `<queue>.dlq`
 //! ```
 //!
 //! **Recording.** [`record`] inserts the event into `<schema>.outbox` on the
