@@ -701,6 +701,7 @@ mod tests {
             env.insert("DATABASE_URL".into(), format!("postgres://postgres@127.0.0.1:5432/{id}"));
             env.insert("REDIS_KEY_PREFIX".into(), format!("{id}:"));
             env.insert("EVENTS_EXCHANGE".into(), format!("test.events.{id}"));
+            env.insert("DEPLOYMENT".into(), id.clone());
             env.insert("LOG_LEVEL".into(), "warn".into());
             let migrate = Command::new(&binary).args(["migrate", "--create-database"]).envs(&env).output().unwrap();
             assert!(

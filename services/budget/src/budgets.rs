@@ -185,7 +185,11 @@ pub(crate) async fn for_user(conn: &mut PgConnection, user_id: Uuid) -> anyhow::
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBudget {
-    /// A category of the caller's, from `/v1/categories`.
+    /// A category of the caller's, from `/v1/categories`. Budgets learn of
+    /// categories from the ledger's events, a moment after a category is
+    /// created: until then (and for any id that is not the caller's, or a
+    /// merged or deleted category) the answer is a 422 `unknown_category`,
+    /// and a category created a moment ago is worth a retry.
     category_id: Uuid,
     #[schema(value_type = freedumb_kit::openapi::CurrencyCode)]
     currency: String,
@@ -203,6 +207,10 @@ pub struct CreateBudget {
 
 /// What a budget's amount must be beyond its schema, for the 422s.
 const AMOUNT_RULES: &str = "`amount` has more decimals than the currency's minor unit or exceeds 10^15 minor units";
+/// What a new budget's 422 can also mean.
+const AMOUNT_RULES_OR_UNKNOWN_CATEGORY: &str = "`amount` has more decimals than the currency's minor unit or \
+exceeds 10^15 minor units; or `unknown_category`: `category_id` is not a category of the caller's that budgets \
+know of yet (retry shortly if it was just created: categories reach budgets through events)";
 
 fn parse_currency_amount(currency: &str, amount: &str) -> Result<(Currency, i64), ApiError> {
     let mut errors = FieldErrors::default();
@@ -224,10 +232,20 @@ fn parse_currency_amount(currency: &str, amount: &str) -> Result<(Currency, i64)
 }
 
 /// Sets a budget for a category and period.
+///
+/// The category must be one of the caller's that budgets know of. Budgets
+/// learn of categories from the transaction service's `category.*` events,
+/// usually well under a second after the change: a category created a
+/// moment ago may still be unknown, and is refused with a 422
+/// `unknown_category` naming `category_id`; retrying after a short pause
+/// (with the same `Idempotency-Key`, if any) succeeds once it has arrived.
+/// The same answer is given for an id that does not exist, another user's
+/// category, and a merged or deleted one. (Accepting unknown ids would
+/// accept ids that will never exist.)
 #[utoipa::path(post, path = "/v1/budgets", tag = "budgets", security(("bearer" = [])), request_body = CreateBudget,
     params(IdempotencyKey),
     responses((status = 201, body = BudgetStatus), (status = 409, body = ErrorBody, description = "the category has a budget for this period already"),
-        (status = 422, body = ErrorBody, description = AMOUNT_RULES)))]
+        (status = 422, body = ErrorBody, description = AMOUNT_RULES_OR_UNKNOWN_CATEGORY)))]
 async fn create_budget(
     State(state): State<BudgetState>,
     user: AuthUser,
@@ -240,6 +258,7 @@ async fn create_budget(
     let fp = fingerprint("POST /v1/budgets", &req);
     idempotency::run(&state.platform.db, SCHEMA, user.user_id, &key, &fp, move |tx| {
         Box::pin(async move {
+            crate::categories::require_own(tx.conn(), user.user_id, req.category_id).await?;
             let id = Uuid::now_v7();
             let inserted = sqlx::query(
                 "INSERT INTO budget.budgets (id, user_id, category_id, currency, amount, period, rollover, starts_on)

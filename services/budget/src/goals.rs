@@ -371,8 +371,11 @@ async fn contribute(
     .await
 }
 
+/// The payload of `goal.reached` (docs/events.md).
 #[derive(Debug, Serialize)]
 struct GoalReached {
+    /// The payload's contract version.
+    version: u32,
     goal_id: Uuid,
     user_id: Uuid,
     name: String,
@@ -394,6 +397,7 @@ async fn mark_if_reached(conn: &mut PgConnection, user_id: Uuid, id: Uuid) -> Ap
         .await
         .context("failed to mark a goal reached")?;
     let reached = GoalReached {
+        version: 1,
         goal_id: id,
         user_id,
         name: goal.name,

@@ -2,11 +2,13 @@
 //! under `/v1/budgets`, savings goals under `/v1/goals`.
 //!
 //! It never reads the transaction service's tables. Spending reaches it as
-//! `transaction.*` events through RabbitMQ (see [`spending`]), and it
-//! announces `budget.threshold_crossed` and `goal.reached` the same way,
-//! through its own outbox.
+//! `transaction.*` events through RabbitMQ (see [`spending`]), the users'
+//! categories as `category.*` events (see [`categories`]), and it announces
+//! `budget.threshold_crossed` and `goal.reached` the same way, through its
+//! own outbox.
 
 mod budgets;
+pub mod categories;
 mod goals;
 mod period;
 pub mod spending;
@@ -17,7 +19,7 @@ use chrono::NaiveDate;
 use freedumb_kit::auth::JwtKeys;
 use freedumb_kit::config::{ConfigError, Env};
 use freedumb_kit::date::IsoDate;
-use freedumb_kit::events::{Consumer, ConsumerConfig, Relay, RelayConfig, rabbitmq_url};
+use freedumb_kit::events::{Bus, Consumer, Relay};
 use freedumb_kit::idempotency::fingerprint;
 use freedumb_kit::service::BackgroundTask;
 use freedumb_kit::{Platform, Service};
@@ -28,6 +30,10 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// The Postgres schema this service owns.
 pub const SCHEMA: &str = "budget";
+
+/// The purpose of the consumer of `transaction.*`: its queue is
+/// `<exchange>.<deployment>.budget.transactions`.
+pub const SPENDING_QUEUE: &str = "budget.transactions";
 
 pub use goals::GOAL_REACHED;
 pub use spending::THRESHOLD_CROSSED;
@@ -57,17 +63,21 @@ impl Service for BudgetService {
     }
 
     fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
-        let url = rabbitmq_url(env)?;
-        let exchange = env.get("EVENTS_EXCHANGE").unwrap_or_else(|| freedumb_kit::events::EXCHANGE.to_owned());
-        // Queues are named after the exchange, so deployments (and tests)
-        // with exchanges of their own never share a queue.
-        let queue = format!("{exchange}.budget.transactions");
-        let consumer =
-            Consumer::new(platform.db.clone(), SCHEMA, url.clone(), &queue, &["transaction.*"], spending::Spending)
-                .with_config(ConsumerConfig { exchange: exchange.clone(), ..ConsumerConfig::default() });
-        let relay = Relay::new(platform.db.clone(), SCHEMA, url)
-            .with_config(RelayConfig { exchange, ..RelayConfig::default() });
-        Ok(vec![consumer.into_task(), relay.into_task()])
+        // The kit names each queue for this deployment, so deployments
+        // sharing a broker never take each other's events.
+        let bus = Bus::from_env(env, platform)?;
+        let spending =
+            Consumer::new(platform.db.clone(), SCHEMA, &bus, SPENDING_QUEUE, &["transaction.*"], spending::Spending);
+        let categories = Consumer::new(
+            platform.db.clone(),
+            SCHEMA,
+            &bus,
+            categories::CATEGORIES_QUEUE,
+            &["category.*"],
+            categories::Categories,
+        );
+        let relay = Relay::new(platform.db.clone(), SCHEMA, &bus);
+        Ok(vec![spending.into_task(), categories.into_task(), relay.into_task()])
     }
 }
 

@@ -20,6 +20,9 @@ use crate::{SCHEMA, summary};
 /// The event this service announces when a budget crosses a threshold.
 pub const THRESHOLD_CROSSED: &str = "budget.threshold_crossed";
 
+/// The payload versions of `transaction.*` this build understands.
+const TRANSACTION_VERSION: u32 = 1;
+
 /// The transaction service's event payloads (its `events` module), as far
 /// as budgets need them. Services share the contract, never the code.
 ///
@@ -27,6 +30,10 @@ pub const THRESHOLD_CROSSED: &str = "budget.threshold_crossed";
 /// contract; an event with any other is malformed, and poison.
 #[derive(Debug, Deserialize)]
 struct TransactionState {
+    /// Absent in events recorded before payloads were versioned: those are
+    /// version 1.
+    #[serde(default = "first_version")]
+    version: u32,
     transaction_id: Uuid,
     user_id: Uuid,
     currency: String,
@@ -44,8 +51,26 @@ struct Allocation {
 
 #[derive(Debug, Deserialize)]
 struct TransactionDeleted {
+    #[serde(default = "first_version")]
+    version: u32,
     transaction_id: Uuid,
     user_id: Uuid,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+/// A payload of a version this build does not know is dead-lettered, to be
+/// replayed once budgets understand it, rather than misread.
+fn check_version(event: &Event, version: u32) -> Result<(), HandleError> {
+    if version == TRANSACTION_VERSION {
+        return Ok(());
+    }
+    Err(HandleError::poison(anyhow::anyhow!(
+        "a {} event has payload version {version}, and budgets understand {TRANSACTION_VERSION}",
+        event.kind
+    )))
 }
 
 pub struct Spending;
@@ -56,6 +81,7 @@ impl EventHandler for Spending {
             match event.kind.as_str() {
                 "transaction.created" | "transaction.updated" => {
                     let state: TransactionState = event.data_as()?;
+                    check_version(event, state.version)?;
                     replace(conn, &state).await?;
                     summary::bump(conn, state.user_id).await?;
                     for budget in affected(conn, &state).await? {
@@ -64,6 +90,7 @@ impl EventHandler for Spending {
                 }
                 "transaction.deleted" => {
                     let deleted: TransactionDeleted = event.data_as()?;
+                    check_version(event, deleted.version)?;
                     sqlx::query("DELETE FROM budget.spending WHERE transaction_id = $1 AND user_id = $2")
                         .bind(deleted.transaction_id)
                         .bind(deleted.user_id)
@@ -122,8 +149,11 @@ async fn affected(conn: &mut PgConnection, state: &TransactionState) -> anyhow::
         .collect())
 }
 
+/// The payload of `budget.threshold_crossed` (docs/events.md).
 #[derive(Debug, Serialize)]
 struct ThresholdCrossed {
+    /// The payload's contract version.
+    version: u32,
     budget_id: Uuid,
     user_id: Uuid,
     category_id: Uuid,
@@ -156,6 +186,7 @@ pub(crate) async fn check_thresholds(conn: &mut PgConnection, budget: &BudgetRow
             == 1;
         if first_time {
             let crossed = ThresholdCrossed {
+                version: 1,
                 budget_id: budget.id,
                 user_id: budget.user_id,
                 category_id: budget.category_id,

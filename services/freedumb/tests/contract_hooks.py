@@ -47,6 +47,8 @@ FALSE_POSITIVES = {
         "a split transaction takes its categories from its splits: not both",
     ("POST /v1/transactions/transfers", 422, "validation_failed", "to_account_id"):
         "the two accounts must differ and share a currency",
+    ("POST /v1/budgets", 422, "unknown_category", "category_id"):
+        "a budget's category must be one of the caller's that the budget service has learnt of (events)",
     ("POST /v1/recurring", 422, "validation_failed", "start_date"):
         "a rule starts at most 366 days before today, a bound that moves with the date",
     ("POST /v1/recurring", 422, "validation_failed", "end_date"):

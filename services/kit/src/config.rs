@@ -157,6 +157,10 @@ pub struct Config {
     /// Prepended to every Redis key, so several deployments (or tests) can
     /// share one Redis without seeing each other's keys.
     pub redis_key_prefix: String,
+    /// `DEPLOYMENT`: which deployment this process belongs to, so that
+    /// deployments sharing a broker never consume each other's events
+    /// (see [`crate::events::Deployment`]).
+    pub deployment: crate::events::Deployment,
     /// The access tokens' signing key; `None` in a process that serves no
     /// authenticated route (a worker), which is then not given the key.
     pub jwt_access_secret: Option<SecretString>,
@@ -201,6 +205,8 @@ impl Config {
                     ConfigError::malformed("TRUSTED_PROXIES", "a comma-separated list of IP addresses or CIDR ranges")
                 })?,
         };
+        let database_url = env.url("DATABASE_URL", &["postgres", "postgresql"])?;
+        let deployment = crate::events::Deployment::from_env(env, &database_url)?;
         Ok(Config {
             port: env.parsed_or("PORT", default_port, "a TCP port number (0-65535)")?,
             host: env.parsed_or("HOST", IpAddr::from([0, 0, 0, 0]), "an IP address to listen on")?,
@@ -208,10 +214,11 @@ impl Config {
             service_name: env.get("SERVICE_NAME").unwrap_or_else(|| default_service.to_owned()),
             log_level,
             log_format: env.parsed_or("LOG_FORMAT", LogFormat::Auto, "json, text or auto")?,
-            database_url: env.url("DATABASE_URL", &["postgres", "postgresql"])?,
+            database_url,
             database_max_connections: env.parsed_or("DATABASE_MAX_CONNECTIONS", 10, "a number of connections")?,
             redis_url: env.url("REDIS_URL", &["redis", "rediss"])?,
             redis_key_prefix: env.get("REDIS_KEY_PREFIX").unwrap_or_default(),
+            deployment,
             jwt_access_secret: if authenticates { Some(env.secret("JWT_ACCESS_SECRET", 32)?) } else { None },
             request_timeout: env.seconds_or("REQUEST_TIMEOUT_SECS", 30)?,
             shutdown_timeout: env.seconds_or("SHUTDOWN_TIMEOUT_SECS", 30)?,
@@ -245,6 +252,7 @@ mod tests {
         assert_eq!(config.service_name, "auth");
         assert_eq!(config.log_level, "info");
         assert_eq!(config.jwt_access_secret.as_ref().map(|s| s.expose_secret().len()), Some(32));
+        assert_eq!(config.deployment.as_str(), "freedumb", "the database's name");
     }
 
     #[test]

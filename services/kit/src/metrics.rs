@@ -73,7 +73,7 @@ impl Metrics {
         let events_consumed_total = IntCounterVec::new(
             Opts::new(
                 "events_consumed_total",
-                "Deliveries handled by event consumers, by outcome (processed, duplicate, retried, dead_lettered)",
+                "Deliveries handled by event consumers, by outcome (processed, duplicate, retried, dead_lettered, foreign)",
             ),
             &["queue", "outcome"],
         )

@@ -114,6 +114,9 @@ pub struct Platform {
     pub metrics: Metrics,
     pub jwt: JwtKeys,
     pub trusted_proxies: TrustedProxies,
+    /// The process's event consumers that have not bound their queues yet,
+    /// which its relays wait for (see [`crate::events::PendingBindings`]).
+    pub pending_bindings: crate::events::PendingBindings,
 }
 
 impl Platform {
@@ -137,6 +140,7 @@ impl Platform {
                 ),
             },
             trusted_proxies: TrustedProxies(Arc::new(config.trusted_proxies.clone())),
+            pending_bindings: crate::events::PendingBindings::default(),
             metrics,
             config: Arc::new(config),
         })

@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::db::{self, Db};
-use crate::events::{ConsumerConfig, Event, RelayConfig};
+use crate::events::{Bus, ConsumerConfig, Deployment, Event, RelayConfig};
 use crate::metrics::Metrics;
 
 pub fn postgres_url() -> String {
@@ -228,10 +228,15 @@ impl TestBroker {
         SecretString::from(rabbitmq_url())
     }
 
-    /// A relay configuration for this exchange, with short delays.
+    /// The bus of a deployment named `deployment` on this exchange, as a
+    /// deployment's relays and consumers use it.
+    pub fn bus(&self, deployment: &str) -> Bus {
+        Bus::new(self.url(), self.exchange.clone(), Deployment::new(deployment).expect("a valid deployment name"))
+    }
+
+    /// A relay configuration with short delays.
     pub fn relay_config(&self) -> RelayConfig {
         RelayConfig {
-            exchange: self.exchange.clone(),
             poll_interval: Duration::from_millis(50),
             max_backoff: Duration::from_millis(500),
             confirm_timeout: Duration::from_secs(5),
@@ -239,10 +244,10 @@ impl TestBroker {
         }
     }
 
-    /// A consumer configuration for these exchanges, with short delays.
+    /// A consumer configuration for this dead-letter exchange, with short
+    /// delays.
     pub fn consumer_config(&self) -> ConsumerConfig {
         ConsumerConfig {
-            exchange: self.exchange.clone(),
             dead_letter_exchange: self.dead_letter_exchange.clone(),
             retry_delay: Duration::from_millis(50),
             max_retry_delay: Duration::from_millis(200),
@@ -251,13 +256,12 @@ impl TestBroker {
         }
     }
 
-    /// A unique name for a consumer's queue; it and its `.dlq` are deleted
-    /// with the broker.
-    pub fn queue_name(&self, purpose: &str) -> String {
-        let name = format!("test.{purpose}.{}", Uuid::new_v4().simple());
-        let mut queues = self.queues.lock().expect("not poisoned");
-        queues.push(name.clone());
-        queues.push(format!("{name}.dlq"));
+    /// The queue of the consumer with `purpose` on `bus`; it and its `.dlq`
+    /// are deleted with the broker. (The exchange's name is in it, so it is
+    /// the test's own.)
+    pub fn queue_for(&self, bus: &Bus, purpose: &str) -> String {
+        let name = bus.queue(purpose);
+        self.delete_on_drop(&name);
         name
     }
 

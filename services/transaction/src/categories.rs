@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::text::CategoryName;
-use crate::{Ledger, SCHEMA, fingerprint};
+use crate::{Ledger, SCHEMA, category_events, fingerprint};
 
 pub(crate) fn router() -> OpenApiRouter<Ledger> {
     OpenApiRouter::new()
@@ -92,10 +92,10 @@ async fn insert(
         .bind(user_id)
         .bind(name)
         .bind(parent_id)
-        .execute(conn)
+        .execute(&mut *conn)
         .await
         .context("failed to insert a category")?;
-    Ok(())
+    category_events::created(conn, user_id, id, name, parent_id).await
 }
 
 /// The caller's category, or 404.
@@ -193,6 +193,7 @@ async fn create_category(
                 }
                 other => other.context("failed to insert a category")?,
             };
+            category_events::created(tx.conn(), user.user_id, id, &name, req.parent_id).await?;
             let category = find(tx.conn(), user.user_id, id).await?;
             Ok((StatusCode::CREATED, serde_json::to_value(category).context("serialise")?))
         })
@@ -231,6 +232,7 @@ async fn rename_category(
         }
         other => other.context("failed to rename a category")?,
     };
+    category_events::renamed(tx.conn(), user.user_id, id, &name).await?;
     let category = find(tx.conn(), user.user_id, id).await?;
     tx.commit().await.context("failed to commit")?;
     Ok(Json(category))
@@ -296,6 +298,7 @@ async fn merge_category(
         .execute(tx.conn())
         .await
         .context("failed to delete a category")?;
+    category_events::merged(tx.conn(), user.user_id, id, req.into).await?;
     tx.commit().await.context("failed to commit")?;
     Ok(Json(target))
 }
@@ -315,6 +318,7 @@ async fn delete_category(State(state): State<Ledger>, user: AuthUser, Path(id): 
         }
         other => other.context("failed to delete a category")?,
     };
+    category_events::deleted(tx.conn(), user.user_id, id).await?;
     tx.commit().await.context("failed to commit")?;
     Ok(StatusCode::NO_CONTENT)
 }

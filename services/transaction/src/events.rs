@@ -5,7 +5,9 @@
 //! routing key as its type. Amounts are integer minor units of `currency`.
 //! `transaction.created` and `transaction.updated` carry the whole new state
 //! of the transaction, so a consumer can upsert by `transaction_id` and never
-//! needs the previous version.
+//! needs the previous version. Every payload has a `version`, the version of
+//! its contract ([`VERSION`]): adding a field keeps it, changing or removing
+//! one raises it. `docs/events.md` is the reference.
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -14,14 +16,8 @@ use uuid::Uuid;
 
 use crate::SCHEMA;
 
-pub use freedumb_kit::events::rabbitmq_url;
-
-/// The exchange events go to: `EVENTS_EXCHANGE`, or `freedumb.events`.
-/// Tests give each platform its own, so parallel tests never see each
-/// other's events.
-pub fn exchange(env: &freedumb_kit::config::Env) -> String {
-    env.get("EVENTS_EXCHANGE").unwrap_or_else(|| freedumb_kit::events::EXCHANGE.to_owned())
-}
+/// The version of every `transaction.*` payload.
+pub const VERSION: u32 = 1;
 
 pub const CREATED: &str = "transaction.created";
 pub const UPDATED: &str = "transaction.updated";
@@ -58,12 +54,22 @@ pub struct TransactionDeleted {
     pub user_id: Uuid,
 }
 
+/// A payload with its contract's version beside its fields:
+/// `{"version": 1, ...}`.
+#[derive(Serialize)]
+struct Versioned<'a, T> {
+    version: u32,
+    #[serde(flatten)]
+    payload: &'a T,
+}
+
 pub async fn changed(conn: &mut PgConnection, kind: &'static str, state: &TransactionState) -> anyhow::Result<()> {
-    freedumb_kit::events::record(conn, SCHEMA, kind, state).await?;
+    freedumb_kit::events::record(conn, SCHEMA, kind, &Versioned { version: VERSION, payload: state }).await?;
     Ok(())
 }
 
 pub async fn deleted(conn: &mut PgConnection, transaction_id: Uuid, user_id: Uuid) -> anyhow::Result<()> {
-    freedumb_kit::events::record(conn, SCHEMA, DELETED, &TransactionDeleted { transaction_id, user_id }).await?;
+    let payload = Versioned { version: VERSION, payload: &TransactionDeleted { transaction_id, user_id } };
+    freedumb_kit::events::record(conn, SCHEMA, DELETED, &payload).await?;
     Ok(())
 }

@@ -11,6 +11,7 @@
 mod account_number;
 mod accounts;
 mod categories;
+pub mod category_events;
 pub mod events;
 mod import;
 mod recurring;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use freedumb_kit::auth::JwtKeys;
 use freedumb_kit::config::{ConfigError, Env};
-use freedumb_kit::events::{Relay, RelayConfig};
+use freedumb_kit::events::{Bus, Relay};
 use freedumb_kit::idempotency::fingerprint;
 use freedumb_kit::service::BackgroundTask;
 use freedumb_kit::{Platform, Service};
@@ -65,9 +66,8 @@ impl Service for TransactionService {
     }
 
     fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
-        let url = events::rabbitmq_url(env)?;
-        let config = RelayConfig { exchange: events::exchange(env), ..RelayConfig::default() };
-        Ok(vec![Relay::new(platform.db.clone(), SCHEMA, url).with_config(config).into_task()])
+        let bus = Bus::from_env(env, platform)?;
+        Ok(vec![Relay::new(platform.db.clone(), SCHEMA, &bus).into_task()])
     }
 }
 

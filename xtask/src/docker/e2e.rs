@@ -159,6 +159,9 @@ impl<'a> Deployment<'a> {
             match key.as_str() {
                 "DATABASE_URL" => *value = format!("postgres://postgres@127.0.0.1:5432/{}", self.database),
                 "REDIS_KEY_PREFIX" => *value = format!("{}:", self.project),
+                // A deployment of its own, so parallel runs sharing the
+                // broker keep their events apart.
+                "DEPLOYMENT" => value.clone_from(&self.project),
                 "LOG_FORMAT" => *value = "json".to_owned(),
                 _ => {}
             }

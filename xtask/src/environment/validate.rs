@@ -20,6 +20,7 @@ fn key(parts: &[&str]) -> Vec<String> {
 /// Variables the platform sets itself; `env` may not set them.
 const PLATFORM_VARS: &[&str] = &[
     "DATABASE_URL",
+    "DEPLOYMENT",
     "ENVIRONMENT",
     "HOST",
     "LOG_FORMAT",

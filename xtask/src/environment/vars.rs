@@ -136,6 +136,10 @@ pub fn shared(environment: &Environment) -> Vec<(String, String)> {
         _ => "0.0.0.0".to_owned(),
     };
     vec![
+        // Events never cross deployments (services/kit/src/events): each
+        // environment is a deployment of its own, named like it, so two of
+        // them sharing a broker keep their queues and events apart.
+        ("DEPLOYMENT".to_owned(), environment.name.clone()),
         ("ENVIRONMENT".to_owned(), environment.name.clone()),
         ("HOST".to_owned(), host),
         ("LOG_FORMAT".to_owned(), platform.log_format.as_str().to_owned()),

@@ -325,6 +325,7 @@ fn every_public_route_has_the_same_prefix_service_and_port_in_nginx_the_ingress_
 fn reads(role_and_name: &str) -> Vec<&'static str> {
     let mut vars = vec![
         "DATABASE_URL",
+        "DEPLOYMENT",
         "ENVIRONMENT",
         "HOST",
         "LOG_FORMAT",

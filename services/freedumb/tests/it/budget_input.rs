@@ -16,13 +16,8 @@ async fn fields(response: reqwest::Response, status: u16) -> Vec<String> {
 async fn weekly_budget(app: &TestApp, user: &SignedIn) -> Value {
     let categories = app.ok(user, "GET", "/v1/categories", None).await;
     let food = categories["items"].as_array().unwrap().iter().find(|c| c["name"] == "Food").unwrap()["id"].clone();
-    app.ok(
-        user,
-        "POST",
-        "/v1/budgets",
-        Some(json!({"category_id": food, "currency": "USD", "amount": "100.00", "period": "weekly"})),
-    )
-    .await
+    app.create_budget(user, json!({"category_id": food, "currency": "USD", "amount": "100.00", "period": "weekly"}))
+        .await
 }
 
 async fn goal(app: &TestApp, user: &SignedIn, body: Value) -> Value {

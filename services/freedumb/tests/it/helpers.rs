@@ -84,8 +84,12 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the platform (`serve all`) with the test environment, changed by
 /// `customize`.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut BTreeMap<String, String>)) -> TestApp {
+    spawn_app_on(database().await, customize).await
+}
+
+/// Starts the platform on `db`, a database the test prepared (migrated).
+pub async fn spawn_app_on(db: TestDatabase, customize: impl FnOnce(&mut BTreeMap<String, String>)) -> TestApp {
     init_logs();
-    let db = database().await;
     let broker = TestBroker::new().await;
     let redis_prefix = format!("test:{}:", Uuid::new_v4().simple());
     let mut vars = base_env(&db.url);
@@ -99,18 +103,17 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut BTreeMap<String, String>
     let services = freedumb::registry::resolve(&["all".to_owned()]).expect("all resolves");
     let app = Application::build(config, &env, &services).await.expect("the app starts");
     let port = app.port();
-    let consumes_events = services.iter().any(|s| s.name() == "budget");
+    let queues = consumer_queues(&app.background_tasks());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
         let _ = stop_rx.await;
     }));
-    // Events published before the budget service's queue exists would be
-    // dropped by the exchange; wait for its consumer like a deployment
-    // waits for readiness.
-    let queue = format!("{}.budget.transactions", broker.exchange);
-    broker.delete_on_drop(&queue);
-    if consumes_events {
-        broker.wait_for_consumer(&queue, std::time::Duration::from_secs(20)).await;
+    // Events published before a consumer's queue exists would be dropped
+    // by the exchange; wait for the consumers like a deployment waits for
+    // readiness.
+    for queue in &queues {
+        broker.delete_on_drop(queue);
+        broker.wait_for_consumer(queue, std::time::Duration::from_secs(20)).await;
     }
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
@@ -119,6 +122,12 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut BTreeMap<String, String>
         broker,
         stop: Some(stop_tx),
     }
+}
+
+/// The queues of the event consumers among a process's background tasks
+/// (named `event-consumer:<queue>`).
+pub fn consumer_queues(tasks: &[&str]) -> Vec<String> {
+    tasks.iter().filter_map(|task| task.strip_prefix("event-consumer:")).map(str::to_owned).collect()
 }
 
 /// A platform (pool, Redis, metrics) on a test's database, for driving

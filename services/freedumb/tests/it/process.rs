@@ -81,7 +81,10 @@ fn help_is_available_on_every_level() {
 async fn sigterm_finishes_the_request_in_flight_and_logs_are_json() {
     let db = database().await;
     let broker = crate::helpers::TestBroker::new().await;
-    broker.delete_on_drop(&format!("{}.budget.transactions", broker.exchange));
+    // Its deployment is its database's name (DEPLOYMENT is unset).
+    for purpose in [freedumb_budget::SPENDING_QUEUE, freedumb_budget::categories::CATEGORIES_QUEUE] {
+        broker.delete_on_drop(&format!("{}.{}.{purpose}", broker.exchange, db.name));
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = freedumb()
         .args(["serve", "all"])

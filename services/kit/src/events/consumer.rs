@@ -14,14 +14,15 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
-use secrecy::SecretString;
 use sqlx::PgConnection;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{Backoff, DEAD_LETTER_EXCHANGE, EXCHANGE, Event, Outage, PRUNE_EVERY, pause, prune_in_batches, within};
+use super::{
+    Backoff, BindingTicket, Bus, DEAD_LETTER_EXCHANGE, Event, Outage, PRUNE_EVERY, pause, prune_in_batches, within,
+};
 use crate::db::{Db, check_schema};
 use crate::service::BackgroundTask;
 
@@ -128,11 +129,10 @@ where
 }
 
 /// How a consumer works; [`Default`] is right for production, tests shorten
-/// the delays and use exchanges of their own.
+/// the delays and use a dead-letter exchange of their own. (The exchange it
+/// is bound to is its [`Bus`]'s.)
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    /// The topic exchange the queue is bound to, declared durable if missing.
-    pub exchange: String,
     /// The direct exchange rejected messages go to, declared if missing.
     pub dead_letter_exchange: String,
     /// Deliveries the broker sends ahead of the one being handled. They are
@@ -160,7 +160,6 @@ pub struct ConsumerConfig {
 impl Default for ConsumerConfig {
     fn default() -> Self {
         ConsumerConfig {
-            exchange: EXCHANGE.to_owned(),
             dead_letter_exchange: DEAD_LETTER_EXCHANGE.to_owned(),
             prefetch: 16,
             max_attempts: 5,
@@ -176,15 +175,22 @@ impl Default for ConsumerConfig {
 /// The header that numbers the attempt a delivery is; absent on the first.
 pub const ATTEMPT_HEADER: &str = "freedumb-attempt";
 
-/// Consumes the queue `queue` (bound to the events exchange with
-/// `bindings`, such as `transaction.*`) into `handler`, until shut down.
+/// Consumes its deployment's queue for `purpose` (bound to the bus's
+/// exchange with `bindings`, such as `transaction.*`) into `handler`, until
+/// shut down.
 ///
-/// The queue is a durable quorum queue whose rejected messages go to the
-/// dead-letter exchange and on to `<queue>.dlq`. The queue name is also the
-/// consumer's name in `<schema>.inbox`, so name it for its purpose
-/// (`budget.spending`) and never reuse it for another handler. Removing a
-/// binding from `bindings` does not unbind it from an existing queue: do
+/// The queue, `<exchange>.<deployment>.<purpose>` ([`Bus::queue`]), is a
+/// durable quorum queue whose rejected messages go to the dead-letter
+/// exchange and on to `<queue>.dlq`. The queue name is also the consumer's
+/// name in `<schema>.inbox`, so name the purpose for what the handler does
+/// (`budget.transactions`) and never reuse it for another handler. Removing
+/// a binding from `bindings` does not unbind it from an existing queue: do
 /// that by hand.
+///
+/// An event stamped with another deployment (or with none) is acked and
+/// dropped before anything else: it is counted as
+/// `events_consumed_total{outcome="foreign"}` and logged as a warning (the
+/// first one, then at most once a minute with a count), never handled.
 ///
 /// For each delivery, in one Postgres transaction: insert
 /// `(event id, queue)` into the inbox (already there: a duplicate, acked and
@@ -204,11 +210,14 @@ pub const ATTEMPT_HEADER: &str = "freedumb-attempt";
 pub struct Consumer {
     db: Db,
     schema: String,
-    url: SecretString,
+    bus: Bus,
     queue: String,
     bindings: Vec<String>,
     handler: Arc<dyn EventHandler>,
     config: Arc<ConsumerConfig>,
+    /// Set by [`Consumer::into_task`]: the relays of the process wait for
+    /// this consumer's queue to be bound.
+    ticket: Option<Arc<BindingTicket>>,
 }
 
 enum Handled {
@@ -220,24 +229,16 @@ enum Handled {
 }
 
 impl Consumer {
-    /// `url` is the broker's (see [`super::rabbitmq_url`]); it is never
-    /// logged.
-    pub fn new(
-        db: Db,
-        schema: &str,
-        url: SecretString,
-        queue: &str,
-        bindings: &[&str],
-        handler: impl EventHandler,
-    ) -> Self {
+    pub fn new(db: Db, schema: &str, bus: &Bus, purpose: &str, bindings: &[&str], handler: impl EventHandler) -> Self {
         Consumer {
             db,
             schema: schema.to_owned(),
-            url,
-            queue: queue.to_owned(),
+            bus: bus.clone(),
+            queue: bus.queue(purpose),
             bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
             handler: Arc::new(handler),
             config: Arc::new(ConsumerConfig::default()),
+            ticket: None,
         }
     }
 
@@ -246,8 +247,16 @@ impl Consumer {
         self
     }
 
+    /// The queue it consumes: `<exchange>.<deployment>.<purpose>`.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
     /// The consumer as a background task named `event-consumer:<queue>`.
-    pub fn into_task(self) -> BackgroundTask {
+    /// From now on the relays of its bus wait for its queue to be bound
+    /// before they publish (see [`super::PendingBindings`]).
+    pub fn into_task(mut self) -> BackgroundTask {
+        self.ticket = Some(self.bus.pending().register());
         BackgroundTask::new(format!("event-consumer:{}", self.queue), move |shutdown| {
             let consumer = self.clone();
             async move { consumer.run(shutdown).await }
@@ -260,13 +269,14 @@ impl Consumer {
     /// arguments).
     pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         check_schema(&self.schema)?;
-        super::parse_url(&self.url)?;
+        super::parse_url(self.bus.url())?;
         anyhow::ensure!(!self.queue.is_empty() && self.queue.len() <= 200, "a queue name must be 1 to 200 bytes");
         anyhow::ensure!(self.config.max_attempts >= 1, "max_attempts must be at least 1");
         let mut broker = Outage::new("rabbitmq", "events wait in the queue");
         let mut database = Outage::new("postgres", "events wait in the queue");
         let mut backoff = Backoff::new(Duration::from_millis(200), self.config.max_backoff);
         let mut next_prune = Instant::now();
+        let mut foreign = Foreign::default();
         while !shutdown.is_cancelled() {
             let mut session = match Session::open(self).await {
                 Ok(session) => session,
@@ -283,7 +293,10 @@ impl Consumer {
             };
             broker.recovered();
             backoff.reset();
-            let result = self.consume(&mut session, &shutdown, &mut database, &mut next_prune).await;
+            if let Some(ticket) = &self.ticket {
+                ticket.bound();
+            }
+            let result = self.consume(&mut session, &shutdown, &mut database, &mut foreign, &mut next_prune).await;
             // Closing returns any prefetched, unhandled messages to the queue.
             super::close(session.connection).await;
             match result {
@@ -305,6 +318,7 @@ impl Consumer {
         session: &mut Session,
         shutdown: &CancellationToken,
         database: &mut Outage,
+        foreign: &mut Foreign,
         next_prune: &mut Instant,
     ) -> anyhow::Result<()> {
         loop {
@@ -321,7 +335,7 @@ impl Consumer {
                 next = session.deliveries.next() => next,
             };
             match next {
-                Some(Ok(delivery)) => self.process(&session.channel, delivery, shutdown, database).await?,
+                Some(Ok(delivery)) => self.process(&session.channel, delivery, shutdown, database, foreign).await?,
                 Some(Err(err)) => return Err(anyhow::Error::new(err).context("the consumer's connection failed")),
                 None => anyhow::bail!("the broker cancelled the consumer"),
             }
@@ -335,6 +349,7 @@ impl Consumer {
         delivery: Delivery,
         shutdown: &CancellationToken,
         database: &mut Outage,
+        foreign: &mut Foreign,
     ) -> anyhow::Result<()> {
         let metrics = self.db.metrics();
         let attempt = attempt_of(&delivery);
@@ -350,6 +365,15 @@ impl Consumer {
                 return Ok(());
             }
         };
+        if event.deployment.as_deref() != Some(self.bus.deployment().as_str()) {
+            // Another deployment's event, here because both bind queues to
+            // one exchange. Applying it would mix two deployments' data;
+            // keeping it (requeue, dead-letter) would only pile it up.
+            foreign.dropped(&event, self.bus.deployment().as_str(), &self.queue);
+            within("acknowledge a foreign event", delivery.acker.ack(BasicAckOptions::default())).await?;
+            metrics.event_consumed(&self.queue, "foreign");
+            return Ok(());
+        }
         let span = tracing::info_span!("event", event_id = %event.id, event_type = %event.kind, attempt);
         async {
             if attempt > self.config.max_attempts {
@@ -504,6 +528,39 @@ impl Consumer {
     }
 }
 
+/// How often, at most, dropping other deployments' events is logged after
+/// the first: a deployment sharing the exchange sends a steady stream.
+const FOREIGN_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The warnings about foreign events: the first at once, then one a minute
+/// at most, with how many were dropped since the last.
+#[derive(Default)]
+struct Foreign {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Foreign {
+    fn dropped(&mut self, event: &Event, ours: &str, queue: &str) {
+        self.unlogged += 1;
+        if self.last_logged.is_some_and(|at| at.elapsed() < FOREIGN_LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            event_id = %event.id,
+            event_type = %event.kind,
+            from_deployment = event.deployment.as_deref().unwrap_or("(none)"),
+            deployment = ours,
+            queue,
+            dropped = self.unlogged,
+            "dropped events of another deployment without applying them; deployments that share a broker \
+             should each have their own EVENTS_EXCHANGE (or vhost), so they stop receiving each other's",
+        );
+        self.last_logged = Some(Instant::now());
+        self.unlogged = 0;
+    }
+}
+
 /// The attempt a delivery is, from [`ATTEMPT_HEADER`]; 1 without it.
 fn attempt_of(delivery: &Delivery) -> u32 {
     let value = delivery.properties.headers().as_ref().and_then(|headers| headers.inner().get(ATTEMPT_HEADER));
@@ -534,13 +591,13 @@ impl Session {
         let config = &consumer.config;
         let queue = consumer.queue.as_str();
         let dead_letters = format!("{queue}.dlq");
-        let connection = super::connect(&consumer.url, format!("freedumb event consumer ({queue})")).await?;
+        let connection = super::connect(consumer.bus.url(), format!("freedumb event consumer ({queue})")).await?;
         let channel = within("open a channel", connection.create_channel()).await?;
         let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
         within(
             "declare the events exchange",
             channel.exchange_declare(
-                config.exchange.as_str().into(),
+                consumer.bus.exchange().into(),
                 ExchangeKind::Topic,
                 durable,
                 FieldTable::default(),
@@ -601,7 +658,7 @@ impl Session {
                 "bind the queue",
                 channel.queue_bind(
                     queue.into(),
-                    config.exchange.as_str().into(),
+                    consumer.bus.exchange().into(),
                     binding.as_str().into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),

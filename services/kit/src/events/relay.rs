@@ -13,16 +13,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Backoff, EXCHANGE, Event, Outage, PRUNE_EVERY, pause, prune_in_batches, within};
+use super::{Backoff, Bus, Event, Outage, PRUNE_EVERY, pause, prune_in_batches, within};
 use crate::db::{Db, check_schema};
 use crate::service::BackgroundTask;
 
 /// How a relay works; [`Default`] is right for production, tests shorten
-/// the delays and use an exchange of their own.
+/// the delays. (Where it publishes is its [`Bus`].)
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// The topic exchange to publish to, declared durable if missing.
-    pub exchange: String,
     /// Rows per batch: one transaction, one wait for confirms.
     pub batch_size: u32,
     /// The pause after a batch that left the outbox empty. Events wait this
@@ -36,17 +34,21 @@ pub struct RelayConfig {
     pub confirm_timeout: Duration,
     /// Published rows older than this are deleted.
     pub retention: Duration,
+    /// How long a relay waits, when it starts, for the consumers of its
+    /// process to bind their queues (see [`super::PendingBindings`]); it
+    /// publishes anyway after that, with a warning.
+    pub bindings_wait: Duration,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
-            exchange: EXCHANGE.to_owned(),
             batch_size: 100,
             poll_interval: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             confirm_timeout: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
+            bindings_wait: Duration::from_secs(30),
         }
     }
 }
@@ -55,8 +57,9 @@ impl Default for RelayConfig {
 /// are pruned.
 const PENDING_EVERY: Duration = Duration::from_secs(5);
 
-/// Publishes the unpublished rows of `<schema>.outbox`, oldest first, until
-/// shut down. Run one per replica of the service that owns the schema
+/// Publishes the unpublished rows of `<schema>.outbox`, oldest first, to
+/// the bus's exchange, each envelope stamped with the bus's deployment,
+/// until shut down. Run one per replica of the service that owns the schema
 /// (see [`Relay::into_task`]); they share the work.
 ///
 /// Each batch is one Postgres transaction: lock up to `batch_size` rows
@@ -69,15 +72,13 @@ const PENDING_EVERY: Duration = Duration::from_secs(5);
 pub struct Relay {
     db: Db,
     schema: String,
-    url: SecretString,
+    bus: Bus,
     config: Arc<RelayConfig>,
 }
 
 impl Relay {
-    /// `url` is the broker's (see [`super::rabbitmq_url`]); it is never
-    /// logged.
-    pub fn new(db: Db, schema: &str, url: SecretString) -> Self {
-        Relay { db, schema: schema.to_owned(), url, config: Arc::new(RelayConfig::default()) }
+    pub fn new(db: Db, schema: &str, bus: &Bus) -> Self {
+        Relay { db, schema: schema.to_owned(), bus: bus.clone(), config: Arc::new(RelayConfig::default()) }
     }
 
     pub fn with_config(mut self, config: RelayConfig) -> Self {
@@ -98,7 +99,7 @@ impl Relay {
     /// name, URL, credentials, permissions).
     pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         check_schema(&self.schema)?;
-        super::parse_url(&self.url)?;
+        super::parse_url(self.bus.url())?;
         let config = &self.config;
         let metrics = self.db.metrics();
         let mut broker = Outage::new("rabbitmq", "events stay in the outbox");
@@ -107,6 +108,7 @@ impl Relay {
         let mut publisher: Option<Publisher> = None;
         let mut next_pending = Instant::now();
         let mut next_prune = Instant::now();
+        self.wait_for_bindings(&shutdown).await;
         while !shutdown.is_cancelled() {
             if Instant::now() >= next_pending {
                 next_pending = Instant::now() + PENDING_EVERY;
@@ -123,7 +125,7 @@ impl Relay {
             }
             let active = match publisher.take() {
                 Some(active) => active,
-                None => match Publisher::open(&self.url, &self.schema, &config.exchange).await {
+                None => match Publisher::open(self.bus.url(), &self.schema, self.bus.exchange()).await {
                     Ok(opened) => opened,
                     Err(err) if super::is_refusal(&err) => {
                         return Err(err.context("rabbitmq refused the outbox relay"));
@@ -174,6 +176,34 @@ impl Relay {
         Ok(())
     }
 
+    /// Waits (see [`RelayConfig::bindings_wait`]) until the consumers of
+    /// this process have bound their queues, so that nothing they must see
+    /// is published into an exchange that would drop it.
+    async fn wait_for_bindings(&self, shutdown: &CancellationToken) {
+        let pending = self.bus.pending();
+        if pending.unbound() == 0 {
+            return;
+        }
+        let started = Instant::now();
+        let unbound = tokio::select! {
+            unbound = pending.wait(self.config.bindings_wait) => unbound,
+            () = shutdown.cancelled() => return,
+        };
+        if unbound == 0 {
+            tracing::debug!(
+                waited_ms = started.elapsed().as_millis() as u64,
+                "the consumers of this process have bound their queues; publishing"
+            );
+        } else {
+            tracing::warn!(
+                unbound,
+                waited_secs = self.config.bindings_wait.as_secs(),
+                "publishing although consumers of this process have not bound their queues yet: events they \
+                 should see may be dropped by the exchange until they do (docs/events.md says how to replay)",
+            );
+        }
+    }
+
     /// Publishes one batch; the number of rows marked published.
     async fn publish_batch(&self, publisher: &Publisher) -> Result<usize, BatchError> {
         let schema = &self.schema;
@@ -197,7 +227,13 @@ impl Relay {
             let data = serde_json::from_str(payload)
                 .with_context(|| format!("outbox row {id} holds invalid JSON"))
                 .map_err(BatchError::Database)?;
-            let event = Event { id: *id, kind: routing_key.clone(), occurred_at: *created_at, data };
+            let event = Event {
+                id: *id,
+                kind: routing_key.clone(),
+                deployment: Some(self.bus.deployment().to_string()),
+                occurred_at: *created_at,
+                data,
+            };
             let body = serde_json::to_vec(&event)
                 .context("failed to serialise an event envelope")
                 .map_err(BatchError::Database)?;
@@ -212,7 +248,7 @@ impl Relay {
             let confirm = publisher
                 .channel
                 .basic_publish(
-                    self.config.exchange.as_str().into(),
+                    self.bus.exchange().into(),
                     routing_key.as_str().into(),
                     BasicPublishOptions::default(),
                     &body,

@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use chrono::Utc;
 use freedumb_kit::db::Db;
-use freedumb_kit::events::{ATTEMPT_HEADER, Consumer, ConsumerConfig, Event, HandleError, Relay, handler_fn};
+use freedumb_kit::events::{
+    ATTEMPT_HEADER, Bus, Consumer, ConsumerConfig, Deployment, Event, HandleError, Relay, handler_fn,
+};
 use freedumb_kit::testing::{TcpProxy, TestBroker, rabbitmq_url};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::helpers::{SCHEMA, Setup, eventually, record, setup, spawn};
+use crate::helpers::{DEPLOYMENT, SCHEMA, Setup, eventually, record, setup, spawn};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -75,9 +77,17 @@ async fn inbox_rows(db: &Db) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM ledger.inbox").fetch_one(&db.pool).await.unwrap()
 }
 
+/// An envelope as the relay of the stories' deployment publishes it.
 fn envelope(kind: &str, data: Value) -> (Uuid, Vec<u8>) {
+    envelope_from(Some(DEPLOYMENT), kind, data)
+}
+
+fn envelope_from(deployment: Option<&str>, kind: &str, data: Value) -> (Uuid, Vec<u8>) {
     let id = Uuid::now_v7();
-    let body = json!({ "id": id, "type": kind, "occurred_at": Utc::now(), "data": data });
+    let mut body = json!({ "id": id, "type": kind, "occurred_at": Utc::now(), "data": data });
+    if let Some(deployment) = deployment {
+        body["deployment"] = json!(deployment);
+    }
     (id, serde_json::to_vec(&body).unwrap())
 }
 
@@ -94,17 +104,13 @@ async fn start_consumer(
     config: ConsumerConfig,
 ) -> (String, Arc<AtomicUsize>, crate::helpers::Running) {
     create_seen_table(&s.db).await;
-    let queue = s.broker.queue_name("spending");
+    let bus = s.broker.bus(DEPLOYMENT);
+    let queue = s.broker.queue_for(&bus, "spending");
     let calls = Arc::new(AtomicUsize::new(0));
-    let consumer = Consumer::new(
-        s.db.clone(),
-        SCHEMA,
-        s.broker.url(),
-        &queue,
-        &["transaction.*"],
-        handler(calls.clone(), behaviour),
-    )
-    .with_config(config);
+    let consumer =
+        Consumer::new(s.db.clone(), SCHEMA, &bus, "spending", &["transaction.*"], handler(calls.clone(), behaviour))
+            .with_config(config);
+    assert_eq!(consumer.queue(), queue);
     let running = spawn(consumer.into_task());
     s.broker.wait_for_consumer(&queue, WAIT).await;
     (queue, calls, running)
@@ -204,12 +210,68 @@ async fn an_event_from_the_last_attempt_header_is_dead_lettered_without_a_call()
 }
 
 #[tokio::test]
+async fn events_of_another_deployment_are_counted_and_dropped_never_handled() {
+    // Another deployment shares the exchange, so its events reach this
+    // deployment's queue too; so may an envelope from before stamping.
+    let s = setup().await;
+    let (queue, calls, consumer) = start_consumer(&s, Behaviour::Succeed, s.broker.consumer_config()).await;
+    let (_, body) = envelope_from(Some("elsewhere"), "transaction.created", json!({ "amount_minor": 500 }));
+    s.broker.publish("transaction.created", &body).await;
+    let (_, body) = envelope_from(None, "transaction.created", json!({ "amount_minor": 700 }));
+    s.broker.publish("transaction.created", &body).await;
+    let (ours, body) = envelope("transaction.created", json!({ "amount_minor": 900 }));
+    s.broker.publish("transaction.created", &body).await;
+
+    eventually("every delivery is settled", WAIT, || async {
+        consumed(&s.db, &queue, "foreign") + consumed(&s.db, &queue, "processed") == 3
+    })
+    .await;
+    assert_eq!(consumed(&s.db, &queue, "foreign"), 2);
+    assert_eq!(seen(&s.db).await, [(ours, "transaction.created".to_owned())], "only our deployment's event applied");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "foreign events never reach the handler");
+    assert_eq!(inbox_rows(&s.db).await, 1);
+    assert!(settled(&s.broker, &queue).await, "foreign events are acked, not requeued");
+    assert_eq!(s.broker.inspect(&format!("{queue}.dlq")).await.map(|(ready, _)| ready), Some(0), "nor dead-lettered");
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_relay_waits_for_the_consumers_of_its_process_to_bind_their_queues() {
+    // In one process (`serve all`) the relay and the consumers start
+    // together. An event already in the outbox (a backfill, say) must not
+    // be published before the consumers' queues are bound, or the exchange
+    // drops it.
+    let s = setup().await;
+    create_seen_table(&s.db).await;
+    let pending = record(&s.db, "transaction.created", json!({ "amount_minor": 1 })).await;
+    let bus = s.broker.bus(DEPLOYMENT);
+    let queue = s.broker.queue_for(&bus, "spending");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let consumer =
+        Consumer::new(s.db.clone(), SCHEMA, &bus, "spending", &["transaction.*"], handler(calls, Behaviour::Succeed))
+            .with_config(s.broker.consumer_config());
+    let relay = Relay::new(s.db.clone(), SCHEMA, &bus).with_config(s.broker.relay_config());
+    // Both tasks exist, as after `Service::background`; the relay runs
+    // first, and the consumer only a while later.
+    let (consumer, relay) = (consumer.into_task(), relay.into_task());
+    let relay = spawn(relay);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let consumer = spawn(consumer);
+
+    eventually("the event reaches the consumer", WAIT, || async { !seen(&s.db).await.is_empty() }).await;
+    assert_eq!(seen(&s.db).await, [(pending, "transaction.created".to_owned())]);
+    assert!(settled(&s.broker, &queue).await);
+    relay.stop().await.unwrap();
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_committed_write_reaches_another_services_handler() {
     // The path a transaction takes to the budget service: recorded with the
     // write, relayed, consumed into the consumer's own transaction.
     let s = setup().await;
     let (_queue, calls, consumer) = start_consumer(&s, Behaviour::Succeed, s.broker.consumer_config()).await;
-    let relay = Relay::new(s.db.clone(), SCHEMA, s.broker.url()).with_config(s.broker.relay_config());
+    let relay = Relay::new(s.db.clone(), SCHEMA, &s.broker.bus(DEPLOYMENT)).with_config(s.broker.relay_config());
     let relay = spawn(relay.into_task());
 
     let created = record(&s.db, "transaction.created", json!({ "amount_minor": 4200 })).await;
@@ -236,13 +298,14 @@ async fn a_consumer_cut_off_from_rabbitmq_reconnects_and_handles_what_queued_mea
     assert!(rabbitmq_url().contains("127.0.0.1:5672"), "this test proxies the default RabbitMQ address");
     let mut proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let proxied = SecretString::from(rabbitmq_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port)));
-    let queue = s.broker.queue_name("spending");
+    let bus = Bus::new(proxied, s.broker.exchange.clone(), Deployment::new(DEPLOYMENT).unwrap());
+    let queue = s.broker.queue_for(&bus, "spending");
     let calls = Arc::new(AtomicUsize::new(0));
     let consumer = Consumer::new(
         s.db.clone(),
         SCHEMA,
-        proxied,
-        &queue,
+        &bus,
+        "spending",
         &["transaction.*"],
         handler(calls.clone(), Behaviour::Succeed),
     )
@@ -274,7 +337,8 @@ async fn a_consumer_cut_off_from_rabbitmq_reconnects_and_handles_what_queued_mea
 #[tokio::test]
 async fn a_queue_that_exists_with_other_arguments_stops_the_consumer_with_an_error() {
     let s = setup().await;
-    let queue = s.broker.queue_name("spending");
+    let bus = s.broker.bus(DEPLOYMENT);
+    let queue = s.broker.queue_for(&bus, "spending");
     // Someone declared the queue by hand as a classic queue.
     let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default()).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
@@ -282,15 +346,9 @@ async fn a_queue_that_exists_with_other_arguments_stops_the_consumer_with_an_err
     channel.queue_declare(queue.as_str().into(), durable, Default::default()).await.unwrap();
 
     let calls = Arc::new(AtomicUsize::new(0));
-    let consumer = Consumer::new(
-        s.db.clone(),
-        SCHEMA,
-        s.broker.url(),
-        &queue,
-        &["transaction.*"],
-        handler(calls, Behaviour::Succeed),
-    )
-    .with_config(s.broker.consumer_config());
+    let consumer =
+        Consumer::new(s.db.clone(), SCHEMA, &bus, "spending", &["transaction.*"], handler(calls, Behaviour::Succeed))
+            .with_config(s.broker.consumer_config());
     let outcome = tokio::time::timeout(WAIT, consumer.run(Default::default())).await.expect("the consumer gives up");
     let err = format!("{:#}", outcome.expect_err("the broker refused the declaration"));
     assert!(err.contains("refused") && err.contains("PRECONDITION_FAILED"), "{err}");

@@ -12,6 +12,8 @@ use uuid::Uuid;
 
 /// The schema the stories record events in.
 pub const SCHEMA: &str = "ledger";
+/// The deployment the stories' relays and consumers belong to.
+pub const DEPLOYMENT: &str = "kit-test";
 
 /// A service without migrations of its own: the kit's tables are enough.
 pub static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;

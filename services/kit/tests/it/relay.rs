@@ -7,24 +7,24 @@ use std::time::Duration;
 
 use chrono::Utc;
 use freedumb_kit::db;
-use freedumb_kit::events::{self, Relay};
+use freedumb_kit::events::{self, Bus, Deployment, Relay};
 use freedumb_kit::testing::{TcpProxy, TestDatabase, rabbitmq_url};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{NO_MIGRATIONS, SCHEMA, eventually, record, setup, spawn, unpublished};
+use crate::helpers::{DEPLOYMENT, NO_MIGRATIONS, SCHEMA, eventually, record, setup, spawn, unpublished};
 
 const ARRIVAL: Duration = Duration::from_secs(15);
 const QUIET: Duration = Duration::from_millis(600);
 
 #[tokio::test]
-async fn an_event_committed_with_its_transaction_is_published_once_as_a_persistent_envelope() {
+async fn an_event_committed_with_its_transaction_is_published_once_as_a_persistent_envelope_of_its_deployment() {
     let s = setup().await;
     let queue = s.broker.watch("transaction.*").await;
     let recorded_at = Utc::now();
     let id = record(&s.db, "transaction.created", json!({ "amount_minor": 1250, "currency": "EUR" })).await;
-    let relay = Relay::new(s.db.clone(), SCHEMA, s.broker.url()).with_config(s.broker.relay_config());
+    let relay = Relay::new(s.db.clone(), SCHEMA, &s.broker.bus(DEPLOYMENT)).with_config(s.broker.relay_config());
     let relay = spawn(relay.into_task());
 
     let message = s.broker.take_exactly(&queue, 1, ARRIVAL).await.remove(0);
@@ -34,8 +34,9 @@ async fn an_event_committed_with_its_transaction_is_published_once_as_a_persiste
     assert_eq!(message.routing_key, "transaction.created");
     let body: Value = serde_json::from_slice(&message.body).unwrap();
     let keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, ["id", "type", "occurred_at", "data"]);
+    assert_eq!(keys, ["id", "type", "deployment", "occurred_at", "data"]);
     let event = message.event();
+    assert_eq!(event.deployment.as_deref(), Some(DEPLOYMENT), "stamped with the relay's deployment");
     assert_eq!(event.id, id);
     assert_eq!(event.id.get_version_num(), 7, "event ids are UUIDv7");
     assert_eq!(event.kind, "transaction.created");
@@ -57,7 +58,7 @@ async fn an_event_whose_transaction_rolls_back_is_never_published() {
     events::record(tx.conn(), SCHEMA, "transaction.created", &json!({ "which": "rolled back" })).await.unwrap();
     drop(tx);
     let kept = record(&s.db, "transaction.created", json!({ "which": "kept" })).await;
-    let relay = Relay::new(s.db.clone(), SCHEMA, s.broker.url()).with_config(s.broker.relay_config());
+    let relay = Relay::new(s.db.clone(), SCHEMA, &s.broker.bus(DEPLOYMENT)).with_config(s.broker.relay_config());
     let relay = spawn(relay.into_task());
 
     let message = s.broker.take_exactly(&queue, 1, ARRIVAL).await.remove(0);
@@ -78,7 +79,8 @@ async fn events_recorded_while_rabbitmq_is_unreachable_are_all_delivered_once_it
     let rabbitmq: SocketAddr = "127.0.0.1:5672".parse().unwrap();
     let mut proxy = TcpProxy::start(rabbitmq).await;
     let proxied = SecretString::from(rabbitmq_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port)));
-    let relay = Relay::new(s.db.clone(), SCHEMA, proxied).with_config(s.broker.relay_config());
+    let bus = Bus::new(proxied, s.broker.exchange.clone(), Deployment::new(DEPLOYMENT).unwrap());
+    let relay = Relay::new(s.db.clone(), SCHEMA, &bus).with_config(s.broker.relay_config());
     let relay = spawn(relay.into_task());
     for n in 0..3 {
         record(&s.db, "transaction.created", json!({ "n": n })).await;
@@ -113,8 +115,9 @@ async fn two_relays_on_one_outbox_publish_each_event_once() {
     // really do contend for rows.
     let config = || freedumb_kit::events::RelayConfig { batch_size: 10, ..s.broker.relay_config() };
     let second_db = s.database.db(5);
-    let first = spawn(Relay::new(s.db.clone(), SCHEMA, s.broker.url()).with_config(config()).into_task());
-    let second = spawn(Relay::new(second_db.clone(), SCHEMA, s.broker.url()).with_config(config()).into_task());
+    let first = spawn(Relay::new(s.db.clone(), SCHEMA, &s.broker.bus(DEPLOYMENT)).with_config(config()).into_task());
+    let second =
+        spawn(Relay::new(second_db.clone(), SCHEMA, &s.broker.bus(DEPLOYMENT)).with_config(config()).into_task());
 
     let mut recorded = HashSet::new();
     for batch in 0..30 {
@@ -184,7 +187,8 @@ async fn refused_credentials_stop_the_relay_with_an_error_that_hides_the_passwor
     let s = setup().await;
     let url = SecretString::from(rabbitmq_url().replace("guest:guest@", "guest:not-the-password@"));
     assert!(url.expose_secret().contains("not-the-password"), "this test changes the default credentials");
-    let relay = Relay::new(s.db.clone(), SCHEMA, url).with_config(s.broker.relay_config());
+    let bus = Bus::new(url, s.broker.exchange.clone(), Deployment::new(DEPLOYMENT).unwrap());
+    let relay = Relay::new(s.db.clone(), SCHEMA, &bus).with_config(s.broker.relay_config());
     let outcome = tokio::time::timeout(ARRIVAL, relay.run(Default::default())).await.expect("the relay gives up");
     let err = format!("{:#}", outcome.expect_err("the broker refused the relay"));
     assert!(err.contains("refused"), "{err}");
