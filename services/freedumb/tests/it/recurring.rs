@@ -53,12 +53,8 @@ async fn wait_for(
 
 #[tokio::test]
 async fn three_workers_racing_create_each_occurrence_exactly_once() {
-    // The platform under test runs no worker of its own (a long poll), so
-    // the three below are the only ones.
-    let app = spawn_app_with(|env| {
-        env.insert("RECURRING_POLL_MS".into(), "3600000".into());
-    })
-    .await;
+    // The three below are the only workers.
+    let app = spawn_app_without_worker().await;
     let user = app.signed_in_user().await;
     let account = app.account(&user, "USD", "0").await;
     let today = Utc::now().date_naive();
@@ -107,6 +103,15 @@ async fn three_workers_racing_create_each_occurrence_exactly_once() {
     assert_eq!(app.balance(&user, &account).await, format!("-{expected}.00"));
 }
 
+/// A platform whose own recurring worker polls once an hour: after its
+/// first pass (before any rule exists) it stays out of the test's way.
+async fn spawn_app_without_worker() -> crate::helpers::TestApp {
+    spawn_app_with(|env| {
+        env.insert("RECURRING_POLL_MS".into(), "3600000".into());
+    })
+    .await
+}
+
 fn months_between(start: chrono::NaiveDate, today: chrono::NaiveDate) -> u64 {
     let months = (today.year() - start.year()) * 12 + today.month() as i32 - start.month() as i32;
     (months - i32::from(today.day() < start.day())) as u64
@@ -149,12 +154,9 @@ async fn a_rule_starts_at_most_a_year_ago() {
 
 #[tokio::test]
 async fn a_catch_up_after_a_long_outage_creates_at_most_a_year_of_occurrences() {
-    // No worker of the platform's own: the test drives the passes with a
-    // `today` three years on, as after a worker down that long.
-    let app = spawn_app_with(|env| {
-        env.insert("RECURRING_POLL_MS".into(), "3600000".into());
-    })
-    .await;
+    // The test drives the passes with a `today` three years on, as after a
+    // worker down that long.
+    let app = spawn_app_without_worker().await;
     let user = app.signed_in_user().await;
     let account = app.account(&user, "USD", "0").await;
     let today = Utc::now().date_naive();
