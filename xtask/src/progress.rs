@@ -52,7 +52,14 @@
 //! | `infra_healthy` | `service`, `container`, `seconds` (from start, or from the check, to healthy) |
 //! | `infra_unchanged` | `service`, `container` |
 //! | `infra_removed` | `service`, `container`: the service is external now; its volume stays |
-//! | `summary` | `ok: true` and the verb's result (`build`: `image`, `id`, `size`; `deploy`: `project`, `image`, `changed`, `gateway`, `containers` as `status --output json` lists them), or `ok: false` and `error` |
+//! | `object_applied` | `object` (`Deployment.apps freedumb/auth-service`), `action`: `created`, `configured` or `unchanged` (server-side apply, field manager `freedumb`) |
+//! | `object_pruned` | `object`: a member of the set no longer rendered, deleted (`--prune`) |
+//! | `secret_ready` | `object` (the ExternalSecret), `seconds`: its Secret is synced, the workloads may start |
+//! | `rollout_waiting` | `workload` (the Deployment), `message`: what `kubectl rollout status` would say it waits for |
+//! | `rolled_out` | `workload`, `seconds` |
+//! | `rollout_failed` | `workload`, `pod`, `container`, `reason` (`CrashLoopBackOff`, `ImagePullBackOff`, ..., or the progress deadline), `message`, `events` and `log` (the pod's last events and log lines, arrays) |
+//! | `set_rolled_back` | `namespace`, `revision` (the set's revision now serving), `reason` |
+//! | `summary` | `ok: true` and the verb's result (`build`: `image`, `id`, `size`; `deploy`: `project`, `image`, `changed`, `gateway`, `containers` as `status --output json` lists them; a Kubernetes `deploy`: `context`, `namespace`, `image`, `changed`, `revision`, `applied`, `pruned`), or `ok: false` and `error` |
 //!
 //! A script waits for the last line and reads `ok`:
 //! `cargo xtask deploy --containers --output json | tail -n1 | jq -e .ok`.
@@ -223,6 +230,41 @@ pub enum Event {
         service: String,
         container: String,
     },
+    ObjectApplied {
+        object: String,
+        action: String,
+    },
+    ObjectPruned {
+        object: String,
+    },
+    SecretReady {
+        object: String,
+        #[serde(serialize_with = "millis")]
+        seconds: f64,
+    },
+    RolloutWaiting {
+        workload: String,
+        message: String,
+    },
+    RolledOut {
+        workload: String,
+        #[serde(serialize_with = "millis")]
+        seconds: f64,
+    },
+    RolloutFailed {
+        workload: String,
+        pod: String,
+        container: String,
+        reason: String,
+        message: String,
+        events: Vec<String>,
+        log: Vec<String>,
+    },
+    SetRolledBack {
+        namespace: String,
+        revision: u64,
+        reason: String,
+    },
 }
 
 /// Durations to the millisecond: more is noise.
@@ -306,6 +348,31 @@ impl Event {
             Event::InfraRemoved { service, container } => {
                 format!("  {service}: removed {container} (its volume stays)")
             }
+            Event::ObjectApplied { object, action } => format!("  {object} {action}"),
+            Event::ObjectPruned { object } => format!("  {object} pruned"),
+            Event::SecretReady { object, seconds } => format!("  {object} ready after {seconds:.1} s"),
+            Event::RolloutWaiting { workload, message } => format!("  {workload}: {message}"),
+            Event::RolledOut { workload, seconds } => format!("  {workload}: rolled out in {seconds:.1} s"),
+            Event::RolloutFailed { workload, pod, container, reason, message, events, log } => {
+                let mut line = format!("  {workload}: FAILED: pod {pod}, container {container}: {reason}");
+                if !message.is_empty() {
+                    line.push_str(": ");
+                    line.push_str(message);
+                }
+                for (title, entries) in [("its last events", events), ("its last log lines", log)] {
+                    if !entries.is_empty() {
+                        line.push_str(&format!("\n    {title}:"));
+                        for entry in entries {
+                            line.push_str("\n    | ");
+                            line.push_str(entry);
+                        }
+                    }
+                }
+                line
+            }
+            Event::SetRolledBack { namespace, revision, reason } => {
+                format!("==> rolled {namespace} back to revision {revision}, which serves again ({reason})")
+            }
         }
     }
 
@@ -324,6 +391,14 @@ impl Event {
             Event::ReplicaFailed { service, replica, .. } => (service, replica, "FAILED".to_owned(), false),
             Event::RolledBack { service, replica, .. } => (service, replica, "rolled back".to_owned(), false),
             Event::Removed { service, replica, .. } => (service, replica, "removed".to_owned(), true),
+            // A Deployment's bar: one step, its rollout.
+            Event::RolloutWaiting { workload, message } => return Some((workload, message.clone(), false)),
+            Event::RolledOut { workload, seconds } => {
+                return Some((workload, format!("rolled out in {seconds:.1} s"), true));
+            }
+            Event::RolloutFailed { workload, reason, .. } => {
+                return Some((workload, format!("FAILED: {reason}"), false));
+            }
             _ => return None,
         };
         Some((service.as_str(), format!("replica {replica}: {what}"), done))
