@@ -297,7 +297,8 @@ impl<'a> Deployer<'a> {
                         continue;
                     }
                     Err(err) => {
-                        return Err(err).with_context(|| format!("the server refused {key} ({})", resolved.object.file));
+                        return Err(err)
+                            .with_context(|| format!("the server refused {key} ({})", resolved.object.file));
                     }
                 }
             };
