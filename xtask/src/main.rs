@@ -15,6 +15,7 @@ mod deploy;
 mod digest;
 mod docker;
 mod environment;
+mod kube;
 mod loadtest;
 mod policy;
 mod process;
