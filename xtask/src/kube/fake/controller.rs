@@ -259,6 +259,13 @@ fn sync_deployment(state: &mut State, kinds: &Kinds, config: &Config, deployment
             });
             progressing = Some(("NewReplicaSetCreated", format!("Created new replica set \"{rs_name}\"")));
             let created = write(state, &kinds.replicasets, rs, None);
+            let message = format!("Scaled up replica set {rs_name} from 0 to {replicas}");
+            record_event(
+                state,
+                kinds,
+                deployment,
+                controller_event("ScalingReplicaSet", message, "deployment-controller"),
+            );
             replicasets.push(created.clone());
             created
         }
@@ -294,6 +301,15 @@ fn sync_deployment(state: &mut State, kinds: &Kinds, config: &Config, deployment
         let total: i64 = replicasets.iter().map(|rs| int(rs, "/spec/replicas")).sum();
         let new_replicas = int(&new_rs, "/spec/replicas");
         let scale = |state: &mut State, rs: &Value, to: i64| {
+            let from = int(rs, "/spec/replicas");
+            let direction = if to > from { "up" } else { "down" };
+            let message = format!("Scaled {direction} replica set {} from {from} to {to}", meta(rs, "name"));
+            record_event(
+                state,
+                kinds,
+                deployment,
+                controller_event("ScalingReplicaSet", message, "deployment-controller"),
+            );
             let mut scaled = rs.clone();
             scaled["spec"]["replicas"] = json!(to);
             set_annotation(&mut scaled, "deployment.kubernetes.io/desired-replicas", desired.to_string());
@@ -470,7 +486,15 @@ fn sync_replicaset(state: &mut State, kinds: &Kinds, replicaset: &Value) {
     if have < want {
         for _ in have..want {
             let pod = new_pod(state, replicaset, &replicaset["spec"]["template"], meta(replicaset, "name"));
-            pods.push(create_pod(state, kinds, pod, owner_name(state, replicaset)));
+            let created = create_pod(state, kinds, pod, owner_name(state, replicaset));
+            let message = format!("Created pod: {}", meta(&created, "name"));
+            record_event(
+                state,
+                kinds,
+                replicaset,
+                controller_event("SuccessfulCreate", message, "replicaset-controller"),
+            );
+            pods.push(created);
         }
     } else if have > want {
         // Not-ready pods go first, then the newest.
@@ -479,6 +503,13 @@ fn sync_replicaset(state: &mut State, kinds: &Kinds, replicaset: &Value) {
         });
         for pod in pods.drain(..(have - want) as usize) {
             delete_pod(state, kinds, &namespace, meta(&pod, "name"));
+            let message = format!("Deleted pod: {}", meta(&pod, "name"));
+            record_event(
+                state,
+                kinds,
+                replicaset,
+                controller_event("SuccessfulDelete", message, "replicaset-controller"),
+            );
         }
     }
     let ready = pods.iter().filter(|pod| pod_ready(pod)).count() as i64;
@@ -783,6 +814,10 @@ struct PodEvent {
     message: String,
     field_path: Option<String>,
     component: &'static str,
+}
+
+fn controller_event(reason: &'static str, message: String, component: &'static str) -> PodEvent {
+    PodEvent { kind: "Normal", reason, message, field_path: None, component }
 }
 
 fn normal(reason: &'static str, message: String, container: &str) -> PodEvent {

@@ -129,6 +129,9 @@ pub(crate) struct Config {
     pub token: Option<String>,
     /// How many writes a watch can resume from before it gets 410 Expired.
     pub watch_history: usize,
+    /// Whether the controllers run (`false`: an API server alone, whose
+    /// objects change only when a client writes them).
+    pub controllers: bool,
 }
 
 impl Default for Config {
@@ -139,6 +142,7 @@ impl Default for Config {
             secret_sync_delay: Duration::from_millis(60),
             token: None,
             watch_history: 100_000,
+            controllers: true,
         }
     }
 }
@@ -194,13 +198,15 @@ impl FakeApiServer {
                     .expect("a runtime for the fake API server");
                 runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-                    let controller = tokio::spawn(controller::run(serving.clone()));
+                    let controller = serving.config.controllers.then(|| tokio::spawn(controller::run(serving.clone())));
                     let app = server::router(serving);
                     tokio::select! {
                         served = axum::serve(listener, app) => served.expect("the fake API server serves"),
                         _ = stopped => {}
                     }
-                    controller.abort();
+                    if let Some(controller) = controller {
+                        controller.abort();
+                    }
                 });
                 // Dropping the runtime here ends open watches and log follows.
             })

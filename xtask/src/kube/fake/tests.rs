@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, WatchEvent, WatchParams};
@@ -114,7 +114,8 @@ async fn kube_rs_discovers_built_in_kinds_and_custom_resources_only_once_install
 
 #[tokio::test]
 async fn server_side_apply_creates_with_the_real_managed_fields_and_a_no_op_keeps_the_resource_version() {
-    let server = FakeApiServer::start();
+    // No controllers: only the applies write.
+    let server = FakeApiServer::start_with(Config { controllers: false, ..Config::default() });
     let dir = ScratchDir::new("fake-kube");
     let client = client(&server, &dir).await;
     namespace(&server);
@@ -220,12 +221,21 @@ async fn a_dry_run_apply_answers_the_result_and_stores_nothing() {
     let request = server.requests().into_iter().rfind(|r| r.method == "PATCH").unwrap();
     assert_eq!(request.param("dryRun").as_deref(), Some("All"));
 
-    let live = api.patch("auth", &apply(), &Patch::Apply(deployment("auth", "app:1", None))).await.expect("apply");
+    api.patch("auth", &apply(), &Patch::Apply(deployment("auth", "app:1", None))).await.expect("apply");
     let dry =
         api.patch("auth", &apply().dry_run(), &Patch::Apply(deployment("auth", "app:2", None))).await.expect("dry run");
-    assert_eq!(dry.metadata.generation, Some(2));
-    assert_eq!(dry.metadata.resource_version, live.metadata.resource_version);
+    assert_eq!(dry.metadata.generation, Some(2), "the generation the change would get");
     assert_eq!(server.object("deployment", NS, "auth").unwrap()["metadata"]["generation"], 1);
+
+    // On an object no controller writes to: the answer keeps the live
+    // resourceVersion, since nothing was written.
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(api.into_client(), NS);
+    let cm = |value: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"a": value}});
+    let live = configmaps.patch("settings", &apply(), &Patch::Apply(cm("1"))).await.unwrap();
+    let dry = configmaps.patch("settings", &apply().dry_run(), &Patch::Apply(cm("2"))).await.unwrap();
+    assert_eq!(dry.data.unwrap()["a"], "2");
+    assert_eq!(dry.metadata.resource_version, live.metadata.resource_version);
+    assert_eq!(server.object("cm", NS, "settings").unwrap()["data"]["a"], "1");
 }
 
 #[tokio::test]
@@ -257,9 +267,14 @@ async fn a_watch_from_a_resource_version_sees_the_apply_and_the_controllers_prog
     // controller has not observed yet; its old status still reads "done",
     // which is why a waiter must compare observedGeneration.
     api.patch("auth", &apply(), &Patch::Apply(deployment("auth", "app:2", Some(1)))).await.unwrap();
-    let event = events.try_next().await.unwrap();
-    let Some(WatchEvent::Modified(changed)) = event else { panic!("expected MODIFIED, got {event:?}") };
-    assert_eq!(changed.metadata.generation, Some(2));
+    let changed = loop {
+        let event =
+            tokio::time::timeout_at(deadline.into(), events.try_next()).await.expect("an event in time").unwrap();
+        let Some(WatchEvent::Modified(deployment)) = event else { panic!("expected MODIFIED, got {event:?}") };
+        if deployment.metadata.generation == Some(2) {
+            break deployment;
+        }
+    };
     let status = changed.status.unwrap();
     assert_eq!(status.observed_generation, Some(1), "the apply comes before the controller sees it");
     assert_eq!((status.updated_replicas, status.available_replicas), (Some(1), Some(1)));
@@ -614,6 +629,20 @@ async fn logs_come_per_container_with_the_kubelets_refusals() {
         .await
         .unwrap();
     assert!(previous.contains("failed to connect to Postgres"));
+
+    // Following: what there is, then each line the next runs write.
+    let params = LogParams { container: Some("app".into()), follow: true, ..LogParams::default() };
+    let mut lines = pods.log_stream(&name, &params).await.unwrap().lines();
+    let mut starts = 0;
+    let deadline = Instant::now() + WAIT;
+    while starts < 2 {
+        let line = tokio::time::timeout_at(deadline.into(), lines.try_next())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .expect("the stream goes on");
+        starts += usize::from(line.contains("\"message\":\"starting\""));
+    }
 }
 
 #[tokio::test]
@@ -832,6 +861,16 @@ async fn foreground_deletion_removes_the_dependents_first_and_a_terminating_name
     assert!(server.wait_until(WAIT, |s| s.object("deploy", NS, "auth").is_none()));
     assert!(pods_of(&server, "auth").is_empty(), "the dependents went before their owner");
     assert_eq!(pods_of(&server, "budget").len(), 1, "nothing else was touched");
+    let scaled: Vec<String> = server
+        .list("events", NS)
+        .into_iter()
+        .filter(|e| e["involvedObject"]["kind"] == "Deployment" && e["involvedObject"]["name"] == "budget")
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        scaled.iter().any(|m| m.starts_with("Scaled up replica set budget-") && m.ends_with(" from 0 to 1")),
+        "{scaled:?}"
+    );
 
     assert!(server.delete("namespace", "", NS));
     let namespace: Namespace = serde_json::from_value(server.object("ns", "", NS).unwrap()).unwrap();
@@ -845,4 +884,108 @@ async fn foreground_deletion_removes_the_dependents_first_and_a_terminating_name
     );
     assert!(server.wait_until(WAIT, |s| s.object("ns", "", NS).is_none()));
     assert!(server.list("deployments", NS).is_empty() && server.list("pods", NS).is_empty());
+}
+
+/// The rendered prod manifests, as objects in file order.
+fn rendered_prod() -> Vec<Value> {
+    let root = crate::project_root();
+    let environment = crate::environment::load(&root, "prod").expect("prod loads");
+    let files =
+        crate::render::render(&root, &environment, crate::render::context::Upstreams::Deployed).expect("prod renders");
+    let mut objects = Vec::new();
+    for (path, text) in &files {
+        if !path.starts_with("k8s/") || path.ends_with("kustomization.yaml") {
+            continue;
+        }
+        for document in serde_yaml::Deserializer::from_str(text) {
+            let value: Value = serde::Deserialize::deserialize(document).expect("a YAML document");
+            if value.is_object() {
+                objects.push(value);
+            }
+        }
+    }
+    objects
+}
+
+#[test]
+fn the_rendered_prod_set_rolls_out_on_the_fake_cluster() {
+    let server = FakeApiServer::start();
+    for crd in Crd::ALL {
+        server.install_crd(crd);
+    }
+    let objects = rendered_prod();
+    let started = Instant::now();
+    // The Namespace first, as on a real cluster; everything else after.
+    let (namespaces, rest): (Vec<Value>, Vec<Value>) = objects.into_iter().partition(|o| o["kind"] == "Namespace");
+    for object in namespaces.into_iter().chain(rest) {
+        let name = format!("{}/{}", object["kind"], object["metadata"]["name"]);
+        server.apply_as("freedumb", object, false).unwrap_or_else(|err| panic!("{name}: {err}"));
+    }
+    let deployments = server.list("deployments", NS);
+    assert_eq!(deployments.len(), 4, "auth, budget, transaction, worker");
+    assert!(
+        server.wait_rolled_out(NS, Duration::from_secs(20)),
+        "{:#?}",
+        server
+            .list("deployments", NS)
+            .iter()
+            .map(|d| (d["metadata"]["name"].clone(), d["status"].clone()))
+            .collect::<Vec<_>>()
+    );
+    let elapsed = started.elapsed();
+    for deployment in server.list("deployments", NS) {
+        let name = deployment["metadata"]["name"].as_str().unwrap().to_owned();
+        let minimum = server.object("hpa", NS, &name).map_or(1, |hpa| hpa["spec"]["minReplicas"].as_i64().unwrap());
+        assert_eq!(deployment["spec"]["replicas"], minimum, "{name}: the HPA's minimum");
+        assert_eq!(pods_of(&server, &name).len() as i64, minimum);
+    }
+    assert_eq!(
+        server.object("externalsecret", NS, "freedumb-secrets").unwrap()["status"]["conditions"][0]["status"],
+        "True"
+    );
+    eprintln!("the rendered prod set rolled out on the fake in {elapsed:?}");
+}
+
+#[test]
+fn kubectl_applyset_prune_deletes_only_the_sets_dropped_members() {
+    let server = FakeApiServer::start();
+    let dir = ScratchDir::new("fake-kube");
+    let kubeconfig = server.kubeconfig(dir.path(), "fake-prod", NS);
+    let cache = dir.path().join("cache");
+    namespace(&server);
+    let configmap = |name: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {NS}\ndata:\n  a: \"1\"\n")
+    };
+    let outsider = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "outsider", "namespace": NS}});
+    server.apply_as("someone-else", outsider, false).unwrap();
+    let apply_set = |files: &[&str]| {
+        let path = dir.path().join("set.yaml");
+        std::fs::write(&path, files.iter().map(|n| configmap(n)).collect::<Vec<_>>().join("---\n")).unwrap();
+        let output = Command::new("kubectl")
+            .env("KUBECTL_APPLYSET", "true")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(["apply", "--server-side", "--prune", "--applyset=secret/freedumb-set", "-n", NS, "-f"])
+            .arg(&path)
+            .output()
+            .expect("kubectl runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "kubectl apply --applyset: {text}");
+        text
+    };
+    apply_set(&["one", "two"]);
+    let parent = server.object("secret", NS, "freedumb-set").expect("kubectl made the ApplySet's parent Secret");
+    let id = parent["metadata"]["labels"]["applyset.kubernetes.io/id"].as_str().expect("an applyset id").to_owned();
+    assert_eq!(parent["metadata"]["annotations"]["applyset.kubernetes.io/contains-group-kinds"], "ConfigMap");
+    assert_eq!(
+        server.object("cm", NS, "one").unwrap()["metadata"]["labels"]["applyset.kubernetes.io/part-of"],
+        id.as_str()
+    );
+
+    let out = apply_set(&["one"]);
+    assert!(out.contains("configmap/two pruned"), "{out}");
+    assert!(server.object("cm", NS, "two").is_none());
+    assert!(server.object("cm", NS, "one").is_some() && server.object("cm", NS, "outsider").is_some());
 }
