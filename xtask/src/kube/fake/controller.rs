@@ -259,6 +259,9 @@ fn sync_deployment(state: &mut State, kinds: &Kinds, config: &Config, deployment
             });
             progressing = Some(("NewReplicaSetCreated", format!("Created new replica set \"{rs_name}\"")));
             let created = write(state, &kinds.replicasets, rs, None);
+            if created.is_null() {
+                return;
+            }
             let message = format!("Scaled up replica set {rs_name} from 0 to {replicas}");
             record_event(
                 state,
@@ -487,6 +490,9 @@ fn sync_replicaset(state: &mut State, kinds: &Kinds, replicaset: &Value) {
         for _ in have..want {
             let pod = new_pod(state, replicaset, &replicaset["spec"]["template"], meta(replicaset, "name"));
             let created = create_pod(state, kinds, pod, owner_name(state, replicaset));
+            if created.is_null() {
+                break;
+            }
             let message = format!("Created pod: {}", meta(&created, "name"));
             record_event(
                 state,
@@ -555,6 +561,9 @@ fn new_pod(state: &mut State, owner: &Value, template: &Value, base: &str) -> Va
 
 fn create_pod(state: &mut State, kinds: &Kinds, pod: Value, workload: String) -> Value {
     let created = write(state, &kinds.pods, pod, None);
+    if created.is_null() {
+        return created;
+    }
     let sim = PodSim::new(state, &created, &workload);
     let key = (meta(&created, "namespace").to_owned(), meta(&created, "name").to_owned());
     state.controller.pods.insert(key, sim);

@@ -989,3 +989,29 @@ fn kubectl_applyset_prune_deletes_only_the_sets_dropped_members() {
     assert!(server.object("cm", NS, "two").is_none());
     assert!(server.object("cm", NS, "one").is_some() && server.object("cm", NS, "outsider").is_some());
 }
+
+#[test]
+fn a_job_completes_or_fails_past_its_backoff_limit() {
+    let server = FakeApiServer::start();
+    namespace(&server);
+    secret(&server);
+    server.behave("broken-migrate", Behaviour::CrashLoop);
+    for name in ["migrate", "broken-migrate"] {
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": NS},
+            "spec": {"backoffLimit": 1, "template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "migrate", "image": "app:1", "args": ["migrate"]}]}}}});
+        server.apply_as("freedumb", job, false).unwrap();
+    }
+    let condition = |s: &FakeApiServer, name: &str| -> Option<(String, String)> {
+        let job = s.object("job", NS, name)?;
+        let conditions = job["status"]["conditions"].as_array()?.clone();
+        let last = conditions.iter().find(|c| c["type"] == "Complete" || c["type"] == "Failed")?;
+        Some((last["type"].as_str()?.to_owned(), last["reason"].as_str()?.to_owned()))
+    };
+    assert!(server.wait_until(WAIT, |s| condition(s, "migrate").is_some() && condition(s, "broken-migrate").is_some()));
+    assert_eq!(condition(&server, "migrate"), Some(("Complete".to_owned(), "CompletionsReached".to_owned())));
+    assert_eq!(condition(&server, "broken-migrate"), Some(("Failed".to_owned(), "BackoffLimitExceeded".to_owned())));
+    let job: k8s_openapi::api::batch::v1::Job =
+        serde_json::from_value(server.object("job", NS, "broken-migrate").unwrap()).unwrap();
+    assert_eq!(job.status.unwrap().failed, Some(2), "the first try and one retry");
+}
