@@ -25,9 +25,12 @@ pub mod rollout;
 pub mod status;
 mod wait;
 
-// The fake API server of the end-to-end tests, from the `kube-api` branch.
-// #[cfg(test)]
-// pub(crate) mod fake;
+// The in-process API server the end-to-end tests deploy to (test support,
+// never shipped).
+#[cfg(test)]
+mod e2e;
+#[cfg(test)]
+pub(crate) mod fake;
 
 use std::path::PathBuf;
 
@@ -73,6 +76,8 @@ impl Cluster {
             .context("failed to start the runtime for the Kubernetes API")?;
         let (config, context) = runtime.block_on(config(connect))?;
         guard(environment, &context)?;
+        // The client's buffer spawns its worker on the current runtime.
+        let _entered = runtime.enter();
         let client = ::kube::Client::try_from(config)
             .with_context(|| format!("failed to create a Kubernetes client for context `{context}`"))?;
         Ok(Cluster { client, context, runtime })
