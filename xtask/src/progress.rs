@@ -1,10 +1,11 @@
-//! What the container verbs (`build`, `deploy --containers`, `rollback`) are
-//! doing, as they do it. Every step reports an `Event` to one `Progress`,
+//! What the container and Kubernetes verbs (`build`, `deploy --containers`,
+//! `deploy --env staging|prod`, `rollback`) are doing, as they do it. Every step reports an `Event` to one `Progress`,
 //! which renders it one of three ways:
 //!
 //! - **bars**, when stderr is a terminal: each event's line scrolls above a
 //!   spinner for the current phase and one bar per service being rolled
-//!   (replicas done out of replicas to change);
+//!   (replicas done out of replicas to change; on Kubernetes, one per
+//!   Deployment, done when it has rolled out);
 //! - **lines**, when it is not (CI logs, the end-to-end tests, `| tee`): one
 //!   plain line per event on stderr, nothing redrawn;
 //! - **json** (`--output json`), for scripts: one JSON object per line on
