@@ -797,6 +797,42 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_kubernetes_rollout_reads_as_workload_pod_container_reason_events_and_log() {
+        let (progress, out) = Progress::captured(Mode::Lines);
+        progress.emit(Event::ObjectApplied {
+            object: "Deployment.apps freedumb/auth-service".into(),
+            action: "configured".into(),
+        });
+        progress.emit(Event::RolloutWaiting {
+            workload: "auth-service".into(),
+            message: "1 out of 3 new replicas have been updated".into(),
+        });
+        progress.emit(Event::RolloutFailed {
+            workload: "auth-service".into(),
+            pod: "auth-service-7b9c6d5f8-m5v7c".into(),
+            container: "auth".into(),
+            reason: "CrashLoopBackOff".into(),
+            message: "exited with code 2 (Error)".into(),
+            events: vec!["BackOff: Back-off restarting failed container auth".into()],
+            log: vec!["JWT_ACCESS_SECRET must be at least 32 bytes".into()],
+        });
+        progress.emit(Event::SetRolledBack {
+            namespace: "freedumb".into(),
+            revision: 3,
+            reason: "auth-service failed".into(),
+        });
+        assert_eq!(
+            out.text(),
+            "  Deployment.apps freedumb/auth-service configured\n  \
+             auth-service: 1 out of 3 new replicas have been updated\n  \
+             auth-service: FAILED: pod auth-service-7b9c6d5f8-m5v7c, container auth: CrashLoopBackOff: exited with \
+             code 2 (Error)\n    its last events:\n    | BackOff: Back-off restarting failed container auth\n    \
+             its last log lines:\n    | JWT_ACCESS_SECRET must be at least 32 bytes\n\
+             ==> rolled freedumb back to revision 3, which serves again (auth-service failed)\n"
+        );
+    }
+
+    #[test]
     fn a_successful_json_run_ends_with_its_result() {
         let (progress, out) = Progress::captured(Mode::Json);
         progress.emit(Event::NothingToDo { project: "p".into(), image: "freedumb:a".into() });
