@@ -1,6 +1,8 @@
 //! `cargo xtask status`, `logs` and `down`: the containers of a deployment
 //! on the Docker engine, found by their project label (never by name, so
-//! nothing else on the engine is ever listed, read or removed).
+//! nothing else on the engine is ever listed, read or removed). For a
+//! kubernetes environment, `status` and `logs` ask its cluster instead
+//! (`kube/status.rs`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,9 +25,22 @@ pub struct Target {
     /// The project label to look for, instead of the environment's.
     #[arg(long, value_name = "NAME")]
     project: Option<String>,
+    /// A kubernetes environment's cluster.
+    #[command(flatten)]
+    connect: crate::kube::Connect,
 }
 
 impl Target {
+    /// The environment, when it is a kubernetes one (then the cluster is
+    /// asked, not the engine).
+    fn kubernetes(&self, root: &Path) -> anyhow::Result<Option<environment::Environment>> {
+        if self.project.is_some() {
+            return Ok(None);
+        }
+        let environment = environment::load(root, &self.env)?;
+        Ok((environment.model.kind == environment::Kind::Kubernetes).then_some(environment))
+    }
+
     fn project(&self, root: &Path) -> anyhow::Result<String> {
         if let Some(project) = &self.project {
             return Ok(project.clone());
@@ -87,6 +102,9 @@ pub struct Row {
 
 impl Status {
     pub fn run(&self, root: &Path) -> anyhow::Result<()> {
+        if let Some(environment) = self.target.kubernetes(root)? {
+            return crate::kube::cli::status(&environment, &self.target.connect, self.output);
+        }
         let project = self.target.project(root)?;
         let engine = Engine::connect()?;
         let rows = status(&engine, &project)?;
@@ -101,6 +119,9 @@ impl Status {
 
 impl Logs {
     pub fn run(&self, root: &Path) -> anyhow::Result<()> {
+        if let Some(environment) = self.target.kubernetes(root)? {
+            return crate::kube::cli::logs(&environment, &self.target.connect, &self.service, self.follow, self.tail);
+        }
         let project = self.target.project(root)?;
         let engine = Engine::connect()?;
         let names: Vec<String> = engine

@@ -53,8 +53,9 @@ const FREEDUMB_EXIT_CONFIG: i32 = 2;
 #[derive(Debug, Args)]
 pub struct Deploy {
     /// The environment to deploy, as in environments/NAME.toml: a local one,
-    /// or a compose one (dev), which always runs as containers; kubernetes
-    /// ones are rendered and applied (see `render`).
+    /// a compose one (dev), which always runs as containers, or a
+    /// kubernetes one (staging, prod), rolled out to its cluster through
+    /// the Kubernetes API.
     #[arg(long, value_name = "NAME", default_value = "local")]
     env: String,
     /// Serve on this port instead of the one in the environment file.
@@ -79,6 +80,13 @@ pub struct Deploy {
     /// plain lines elsewhere.
     #[arg(long, value_enum, default_value = "text")]
     output: crate::build::Output,
+    /// A kubernetes environment: change nothing; print what would change
+    /// (a server-side dry-run apply against the live objects, one unified
+    /// diff per object) and exit 1 if anything would, 0 if nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    kubernetes: crate::kube::cli::Apply,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +108,22 @@ impl Profile {
 impl Deploy {
     pub fn run(&self, root: &Path) -> anyhow::Result<()> {
         let mut environment = environment::load(root, &self.env)?;
+        if environment.model.kind == Kind::Kubernetes {
+            if self.containers || self.image.is_some() || self.port.is_some() {
+                bail!(
+                    "environment `{}` is a kubernetes one: it runs the image its environment file names                      (platform.tag, platform.digest), so --containers, --image and --port do not apply",
+                    self.env
+                );
+            }
+            return crate::kube::cli::deploy(root, &environment, &self.kubernetes, self.dry_run, self.output);
+        }
+        if self.dry_run {
+            bail!(
+                "--dry-run compares a kubernetes environment with its cluster; `{}` is a {} one",
+                self.env,
+                environment.model.kind
+            );
+        }
         // A compose environment (dev) runs as containers: there is no other
         // way to deploy it from here.
         if self.containers || environment.model.kind == Kind::Compose {
@@ -123,11 +147,9 @@ impl Deploy {
         }
         if environment.model.kind != Kind::Local {
             bail!(
-                "environment `{}` is a {} environment, and deploy runs local ones: render it with \
-                 `cargo xtask render --env {}` and apply what it writes",
+                "environment `{}` is a {} environment, and this deploy runs local ones",
                 self.env,
-                environment.model.kind,
-                self.env
+                environment.model.kind
             );
         }
         if let Some(which) = environment.used_backings().into_iter().find(|w| w.model(&environment).image.is_some()) {
@@ -550,17 +572,19 @@ mod tests {
     }
 
     #[test]
-    fn environments_that_are_not_local_are_rendered_not_deployed() {
+    fn a_kubernetes_environment_is_not_run_as_containers_here() {
         let deploy = Deploy {
             env: "staging".to_owned(),
             port: None,
             debug: false,
-            containers: false,
+            containers: true,
             image: None,
             output: crate::build::Output::Text,
+            dry_run: false,
+            kubernetes: Default::default(),
         };
         let err = deploy.run(&crate::project_root()).unwrap_err().to_string();
-        assert!(err.starts_with("environment `staging` is a kubernetes environment"), "{err}");
-        assert!(err.contains("cargo xtask render --env staging"), "{err}");
+        assert!(err.starts_with("environment `staging` is a kubernetes one"), "{err}");
+        assert!(err.contains("--containers, --image and --port do not apply"), "{err}");
     }
 }

@@ -15,6 +15,7 @@ mod deploy;
 mod digest;
 mod docker;
 mod environment;
+mod kube;
 mod loadtest;
 mod policy;
 mod process;
@@ -54,6 +55,7 @@ enum Command {
     Down(containers::Down),
     Rollback(docker::deploy::Rollback),
     Loadtest(loadtest::Loadtest),
+    Diff(kube::cli::Diff),
 }
 
 fn main() -> ExitCode {
@@ -71,12 +73,25 @@ fn main() -> ExitCode {
         Command::Down(cmd) => cmd.run(&root),
         Command::Rollback(cmd) => cmd.run(&root),
         Command::Loadtest(cmd) => cmd.run(&root),
+        Command::Diff(cmd) => {
+            // kubectl diff's statuses: 0 the same, 1 different, 2 an error.
+            return match cmd.run(&root) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) if err.is::<kube::cli::WouldChange>() => ExitCode::from(1),
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     // Printed by hand rather than by returning the error from `main`: that
     // would add a stack trace whenever RUST_BACKTRACE is set, and the
     // messages here already say what went wrong and what to do.
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `deploy --dry-run` found differences: they are printed already.
+        Err(err) if err.is::<kube::cli::WouldChange>() => ExitCode::from(1),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

@@ -1,10 +1,11 @@
-//! What the container verbs (`build`, `deploy --containers`, `rollback`) are
-//! doing, as they do it. Every step reports an `Event` to one `Progress`,
+//! What the container and Kubernetes verbs (`build`, `deploy --containers`,
+//! `deploy --env staging|prod`, `rollback`) are doing, as they do it. Every step reports an `Event` to one `Progress`,
 //! which renders it one of three ways:
 //!
 //! - **bars**, when stderr is a terminal: each event's line scrolls above a
 //!   spinner for the current phase and one bar per service being rolled
-//!   (replicas done out of replicas to change);
+//!   (replicas done out of replicas to change; on Kubernetes, one per
+//!   Deployment, done when it has rolled out);
 //! - **lines**, when it is not (CI logs, the end-to-end tests, `| tee`): one
 //!   plain line per event on stderr, nothing redrawn;
 //! - **json** (`--output json`), for scripts: one JSON object per line on
@@ -52,7 +53,14 @@
 //! | `infra_healthy` | `service`, `container`, `seconds` (from start, or from the check, to healthy) |
 //! | `infra_unchanged` | `service`, `container` |
 //! | `infra_removed` | `service`, `container`: the service is external now; its volume stays |
-//! | `summary` | `ok: true` and the verb's result (`build`: `image`, `id`, `size`; `deploy`: `project`, `image`, `changed`, `gateway`, `containers` as `status --output json` lists them), or `ok: false` and `error` |
+//! | `object_applied` | `object` (`Deployment.apps freedumb/auth-service`), `action`: `created`, `configured` or `unchanged` (server-side apply, field manager `freedumb`) |
+//! | `object_pruned` | `object`: a member of the set no longer rendered, deleted (`--prune`) |
+//! | `secret_ready` | `object` (the ExternalSecret), `seconds`: its Secret is synced, the workloads may start |
+//! | `rollout_waiting` | `workload` (the Deployment), `message`: what `kubectl rollout status` would say it waits for |
+//! | `rolled_out` | `workload`, `seconds` |
+//! | `rollout_failed` | `workload`, `pod`, `container`, `reason` (`CrashLoopBackOff`, `ImagePullBackOff`, ..., or the progress deadline), `message`, `events` and `log` (the pod's last events and log lines, arrays) |
+//! | `set_rolled_back` | `namespace`, `revision` (the set's revision now serving), `reason` |
+//! | `summary` | `ok: true` and the verb's result (`build`: `image`, `id`, `size`; `deploy`: `project`, `image`, `changed`, `gateway`, `containers` as `status --output json` lists them; a Kubernetes `deploy`: `context`, `namespace`, `image`, `changed`, `revision`, `applied`, `pruned`), or `ok: false` and `error` |
 //!
 //! A script waits for the last line and reads `ok`:
 //! `cargo xtask deploy --containers --output json | tail -n1 | jq -e .ok`.
@@ -223,6 +231,41 @@ pub enum Event {
         service: String,
         container: String,
     },
+    ObjectApplied {
+        object: String,
+        action: String,
+    },
+    ObjectPruned {
+        object: String,
+    },
+    SecretReady {
+        object: String,
+        #[serde(serialize_with = "millis")]
+        seconds: f64,
+    },
+    RolloutWaiting {
+        workload: String,
+        message: String,
+    },
+    RolledOut {
+        workload: String,
+        #[serde(serialize_with = "millis")]
+        seconds: f64,
+    },
+    RolloutFailed {
+        workload: String,
+        pod: String,
+        container: String,
+        reason: String,
+        message: String,
+        events: Vec<String>,
+        log: Vec<String>,
+    },
+    SetRolledBack {
+        namespace: String,
+        revision: u64,
+        reason: String,
+    },
 }
 
 /// Durations to the millisecond: more is noise.
@@ -306,6 +349,31 @@ impl Event {
             Event::InfraRemoved { service, container } => {
                 format!("  {service}: removed {container} (its volume stays)")
             }
+            Event::ObjectApplied { object, action } => format!("  {object} {action}"),
+            Event::ObjectPruned { object } => format!("  {object} pruned"),
+            Event::SecretReady { object, seconds } => format!("  {object} ready after {seconds:.1} s"),
+            Event::RolloutWaiting { workload, message } => format!("  {workload}: {message}"),
+            Event::RolledOut { workload, seconds } => format!("  {workload}: rolled out in {seconds:.1} s"),
+            Event::RolloutFailed { workload, pod, container, reason, message, events, log } => {
+                let mut line = format!("  {workload}: FAILED: pod {pod}, container {container}: {reason}");
+                if !message.is_empty() {
+                    line.push_str(": ");
+                    line.push_str(message);
+                }
+                for (title, entries) in [("its last events", events), ("its last log lines", log)] {
+                    if !entries.is_empty() {
+                        line.push_str(&format!("\n    {title}:"));
+                        for entry in entries {
+                            line.push_str("\n    | ");
+                            line.push_str(entry);
+                        }
+                    }
+                }
+                line
+            }
+            Event::SetRolledBack { namespace, revision, reason } => {
+                format!("==> rolled {namespace} back to revision {revision}, which serves again ({reason})")
+            }
         }
     }
 
@@ -324,6 +392,14 @@ impl Event {
             Event::ReplicaFailed { service, replica, .. } => (service, replica, "FAILED".to_owned(), false),
             Event::RolledBack { service, replica, .. } => (service, replica, "rolled back".to_owned(), false),
             Event::Removed { service, replica, .. } => (service, replica, "removed".to_owned(), true),
+            // A Deployment's bar: one step, its rollout.
+            Event::RolloutWaiting { workload, message } => return Some((workload, message.clone(), false)),
+            Event::RolledOut { workload, seconds } => {
+                return Some((workload, format!("rolled out in {seconds:.1} s"), true));
+            }
+            Event::RolloutFailed { workload, reason, .. } => {
+                return Some((workload, format!("FAILED: {reason}"), false));
+            }
             _ => return None,
         };
         Some((service.as_str(), format!("replica {replica}: {what}"), done))
@@ -717,6 +793,42 @@ mod tests {
             lines[6],
             serde_json::json!({"event": "summary", "t": 10.5, "ok": false,
                                "error": "replica 2 of auth did not become healthy"})
+        );
+    }
+
+    #[test]
+    fn a_failed_kubernetes_rollout_reads_as_workload_pod_container_reason_events_and_log() {
+        let (progress, out) = Progress::captured(Mode::Lines);
+        progress.emit(Event::ObjectApplied {
+            object: "Deployment.apps freedumb/auth-service".into(),
+            action: "configured".into(),
+        });
+        progress.emit(Event::RolloutWaiting {
+            workload: "auth-service".into(),
+            message: "1 out of 3 new replicas have been updated".into(),
+        });
+        progress.emit(Event::RolloutFailed {
+            workload: "auth-service".into(),
+            pod: "auth-service-7b9c6d5f8-m5v7c".into(),
+            container: "auth".into(),
+            reason: "CrashLoopBackOff".into(),
+            message: "exited with code 2 (Error)".into(),
+            events: vec!["BackOff: Back-off restarting failed container auth".into()],
+            log: vec!["JWT_ACCESS_SECRET must be at least 32 bytes".into()],
+        });
+        progress.emit(Event::SetRolledBack {
+            namespace: "freedumb".into(),
+            revision: 3,
+            reason: "auth-service failed".into(),
+        });
+        assert_eq!(
+            out.text(),
+            "  Deployment.apps freedumb/auth-service configured\n  \
+             auth-service: 1 out of 3 new replicas have been updated\n  \
+             auth-service: FAILED: pod auth-service-7b9c6d5f8-m5v7c, container auth: CrashLoopBackOff: exited with \
+             code 2 (Error)\n    its last events:\n    | BackOff: Back-off restarting failed container auth\n    \
+             its last log lines:\n    | JWT_ACCESS_SECRET must be at least 32 bytes\n\
+             ==> rolled freedumb back to revision 3, which serves again (auth-service failed)\n"
         );
     }
 

@@ -63,8 +63,8 @@ pub fn run(
 ) -> anyhow::Result<()> {
     if environment.model.kind == Kind::Kubernetes {
         bail!(
-            "environment `{}` is a kubernetes one: render it with `cargo xtask render --env {}` and apply the \
-             manifests; `deploy` runs local and compose environments",
+            "environment `{}` is a kubernetes one: `cargo xtask deploy --env {}` rolls it out to its cluster, \
+             never as containers here",
             environment.name,
             environment.name
         );
@@ -596,22 +596,32 @@ pub fn previous(root: &Path, project: &str) -> anyhow::Result<String> {
     }
 }
 
-/// Roll a container deployment back to the image deployed before the
-/// current one (with the environment's current settings), replica by
-/// replica as any rollout.
+/// Roll a deployment back: a container deployment to the image deployed
+/// before the current one (with the environment's current settings),
+/// replica by replica as any rollout; a kubernetes environment to the set
+/// of objects rolled out before the current one (server-side apply, then
+/// the same wait as a deploy).
 #[derive(Debug, clap::Args)]
 pub struct Rollback {
-    /// The environment deployed with `deploy --containers`.
+    /// The environment deployed with `deploy --containers`, or a
+    /// kubernetes one (staging, prod).
     #[arg(long, value_name = "NAME", default_value = "local")]
     pub env: String,
     /// `json`: one JSON event per line on stdout, as `deploy --containers
     /// --output json` (the schema is in xtask/src/progress.rs).
     #[arg(long, value_enum, default_value = "text")]
     pub output: build::Output,
+    /// A kubernetes environment's cluster, and how to apply there.
+    #[command(flatten)]
+    pub kubernetes: crate::kube::cli::Apply,
 }
 
 impl Rollback {
     pub fn run(&self, root: &Path) -> anyhow::Result<()> {
+        let environment = crate::environment::load(root, &self.env)?;
+        if environment.model.kind == Kind::Kubernetes {
+            return crate::kube::cli::rollback(&environment, &self.kubernetes, self.output);
+        }
         Progress::reporting(self.output, |progress| self.roll_back(root, progress))
     }
 

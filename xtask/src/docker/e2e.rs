@@ -409,9 +409,13 @@ fn a_rollout_under_load_through_the_gateway_loses_no_request() {
 
     // `rollback` goes back to the image deployed before, the same way.
     assert_eq!(super::deploy::previous(&root, &project).unwrap(), built.image);
-    super::deploy::Rollback { env: "test".to_owned(), output: crate::build::Output::Text }
-        .roll_back(&root, &progress)
-        .unwrap_or_else(|err| panic!("{err:#}"));
+    super::deploy::Rollback {
+        env: "test".to_owned(),
+        output: crate::build::Output::Text,
+        kubernetes: Default::default(),
+    }
+    .roll_back(&root, &progress)
+    .unwrap_or_else(|err| panic!("{err:#}"));
     let rows = containers::status(&engine, &project).unwrap();
     assert!(
         rows.iter()

@@ -217,6 +217,19 @@ fn a_missing_key_is_named_with_the_table_that_lacks_it() {
 }
 
 #[test]
+fn a_kubernetes_environment_names_its_cluster_context() {
+    let err = error("prod", replace("context = \"freedumb-prod\"\n", ""));
+    assert_eq!(err.key.as_deref(), Some("kubernetes.context"));
+    assert_eq!(err.position.file, Path::new("environments/prod.toml"));
+    assert!(err.message.contains("missing field `context`"), "{err}");
+    let edit = replace("context = \"freedumb-prod\"", "context = \" \"");
+    let err = error("prod", &edit);
+    assert_eq!(err.key.as_deref(), Some("kubernetes.context"));
+    assert_eq!(err.position.line, line_of("prod", &edit, "context = "));
+    assert!(err.message.starts_with("empty: name the kubeconfig context"), "{err}");
+}
+
+#[test]
 fn an_unknown_environment_lists_the_known_ones() {
     let err = load(&root(), "qa").unwrap_err().to_string();
     assert!(err.starts_with("there is no environment `qa`"), "{err}");

@@ -281,6 +281,9 @@ pub struct Kubernetes {
     /// The Kubernetes version the manifests target; `check` validates
     /// against this version's schemas.
     pub version: String,
+    /// The kubeconfig context of the cluster this environment belongs to:
+    /// `deploy`, `diff`, `rollback`, `status` and `logs` refuse any other.
+    pub context: String,
     pub namespace: String,
     pub ingress_class: String,
     pub cluster_issuer: String,

@@ -265,6 +265,12 @@ fn kind_sections(env: &Environment) -> Result {
                     env.error_at(&key(&["kubernetes"]), "missing: a kubernetes environment needs a [kubernetes] table")
                 );
             }
+            if model.kubernetes.as_ref().is_some_and(|k| k.context.trim().is_empty()) {
+                return Err(env.error_at(
+                    &key(&["kubernetes", "context"]),
+                    "empty: name the kubeconfig context of the environment's cluster",
+                ));
+            }
             if source != SecretSource::ExternalSecrets {
                 return Err(wrong_source("\"external-secrets\" (never a plain Secret in a shared cluster)"));
             }
