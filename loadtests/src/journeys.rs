@@ -207,7 +207,7 @@ async fn onboard_with(user: &mut GooseUser, url: fn(&str) -> String) -> Result<S
     let category =
         call(user, GooseMethod::Post, &url("/v1/categories"), "/v1/categories", 201, Some(&category), true).await?;
     let session = Session {
-        token: user.get_session_data_unchecked::<Session>().token.clone(),
+        token: session(user)?.token,
         account_id: id_of(&account, "account")?,
         category_id: id_of(&category, "category")?,
     };
@@ -318,8 +318,10 @@ async fn set_up_readpath(user: &mut GooseUser) -> TransactionResult {
     Ok(())
 }
 
-fn session(user: &GooseUser) -> Session {
-    user.get_session_data_unchecked::<Session>().clone()
+/// The user's session; a journey whose set-up failed (the platform down,
+/// say) has none, and its steps fail rather than panic the user's task.
+fn session(user: &GooseUser) -> Result<Session, Box<TransactionError>> {
+    user.get_session_data::<Session>().cloned().ok_or_else(|| fail("no session: the set-up of this user failed"))
 }
 
 async fn list_page(user: &mut GooseUser) -> TransactionResult {
@@ -327,20 +329,20 @@ async fn list_page(user: &mut GooseUser) -> TransactionResult {
 }
 
 async fn add_transaction(user: &mut GooseUser) -> TransactionResult {
-    let s = session(user);
+    let s = session(user)?;
     let body = transaction_body(&s, user.get_iterations());
     call(user, GooseMethod::Post, "/v1/transactions", "/v1/transactions", 201, Some(&body), true).await.map(drop)
 }
 
 async fn filter(user: &mut GooseUser) -> TransactionResult {
-    let s = session(user);
+    let s = session(user)?;
     let path =
         format!("/v1/transactions?category_id={}&from=2026-11-01&to=2026-11-30&min_amount=-60&limit=20", s.category_id);
     call(user, GooseMethod::Get, &path, "/v1/transactions?filtered", 200, None, false).await.map(drop)
 }
 
 async fn balance(user: &mut GooseUser) -> TransactionResult {
-    let s = session(user);
+    let s = session(user)?;
     let path = format!("/v1/accounts/{}", s.account_id);
     call(user, GooseMethod::Get, &path, "/v1/accounts/{id}", 200, None, false).await.map(drop)
 }
@@ -351,7 +353,7 @@ async fn check_budget(user: &mut GooseUser) -> TransactionResult {
 
 /// The read-heavy view a dashboard loads at once.
 async fn dashboard_view(user: &mut GooseUser) -> TransactionResult {
-    let s = session(user);
+    let s = session(user)?;
     call(user, GooseMethod::Get, "/v1/accounts", "/v1/accounts", 200, None, false).await?;
     let path = format!("/v1/accounts/{}", s.account_id);
     call(user, GooseMethod::Get, &path, "/v1/accounts/{id}", 200, None, false).await?;

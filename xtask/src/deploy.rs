@@ -87,6 +87,8 @@ pub struct Deploy {
     dry_run: bool,
     #[command(flatten)]
     kubernetes: crate::kube::cli::Apply,
+    #[command(flatten)]
+    verify: crate::loadtest::Verify,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,11 +113,21 @@ impl Deploy {
         if environment.model.kind == Kind::Kubernetes {
             if self.containers || self.image.is_some() || self.port.is_some() {
                 bail!(
-                    "environment `{}` is a kubernetes one: it runs the image its environment file names                      (platform.tag, platform.digest), so --containers, --image and --port do not apply",
+                    "environment `{}` is a kubernetes one: it runs the image its environment file names \
+                     (platform.tag, platform.digest), so --containers, --image and --port do not apply",
                     self.env
                 );
             }
-            return crate::kube::cli::deploy(root, &environment, &self.kubernetes, self.dry_run, self.output);
+            crate::kube::cli::deploy(root, &environment, &self.kubernetes, self.dry_run, self.output)?;
+            if self.dry_run {
+                return Ok(());
+            }
+            return self.verify.run_or_roll_back(root, &environment, || {
+                crate::kube::cli::rollback(&environment, &self.kubernetes, self.output)
+            });
+        }
+        if self.verify.verify && !(self.containers || environment.model.kind == Kind::Compose) {
+            bail!("--verify checks a rollout that can be rolled back: a kubernetes deploy, or one with --containers");
         }
         if self.dry_run {
             bail!(
@@ -140,6 +152,16 @@ impl Deploy {
                     ));
                 }
                 crate::docker::deploy::run(root, &environment, self.image.as_deref(), self.debug, progress)
+            })
+            .and_then(|()| {
+                self.verify.run_or_roll_back(root, &environment, || {
+                    let rollback = crate::docker::deploy::Rollback {
+                        env: self.env.clone(),
+                        output: self.output,
+                        kubernetes: Default::default(),
+                    };
+                    crate::progress::Progress::reporting(self.output, |progress| rollback.roll_back(root, progress))
+                })
             });
         }
         if self.image.is_some() || self.output == crate::build::Output::Json {
@@ -582,6 +604,7 @@ mod tests {
             output: crate::build::Output::Text,
             dry_run: false,
             kubernetes: Default::default(),
+            verify: Default::default(),
         };
         let err = deploy.run(&crate::project_root()).unwrap_err().to_string();
         assert!(err.starts_with("environment `staging` is a kubernetes one"), "{err}");

@@ -183,21 +183,7 @@ impl Loadtest {
             (None, false, false) => "0".to_owned(),
         };
 
-        let release = !(self.debug || self.smoke);
-        eprintln!("==> building loadtests");
-        let mut build = process::cargo();
-        build.current_dir(root).arg("build");
-        if release {
-            build.arg("--release");
-        }
-        process::run(build.args(["-p", "loadtests"]))?;
-        let binary = target_dir(root).join(if release { "release" } else { "debug" }).join("loadtests");
-        if !binary.is_file() {
-            bail!(
-                "cargo built loadtests, but {} does not exist; set CARGO_TARGET_DIR rather than build.target-dir",
-                binary.display()
-            );
-        }
+        let binary = build_loadtests(root, !(self.debug || self.smoke))?;
 
         // Looked for after the build, which can take minutes: a rollout in
         // the meantime moves replicas to other ports.
@@ -520,6 +506,138 @@ fn base_url(host: IpAddr, port: u16) -> String {
         IpAddr::V4(ip) => format!("http://{ip}:{port}"),
         IpAddr::V6(ip) => format!("http://[{ip}]:{port}"),
     }
+}
+
+/// Builds the `loadtests` binary and says where it is.
+fn build_loadtests(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
+    eprintln!("==> building loadtests");
+    let mut build = process::cargo();
+    build.current_dir(root).arg("build");
+    if release {
+        build.arg("--release");
+    }
+    process::run(build.args(["-p", "loadtests"]))?;
+    let binary = target_dir(root).join(if release { "release" } else { "debug" }).join("loadtests");
+    if !binary.is_file() {
+        bail!(
+            "cargo built loadtests, but {} does not exist; set CARGO_TARGET_DIR rather than build.target-dir",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// `deploy --verify`: after a rollout, the smoke run against the deployment
+/// as its users reach it; a breach rolls the deployment back.
+#[derive(Debug, Default, Clone, Args)]
+pub struct Verify {
+    /// After the rollout, run the smoke load test (the environment's
+    /// [loadtest.smoke] objectives, 4 users for 10 s) against its gateway;
+    /// a breach rolls the deployment back and fails the command with the
+    /// breach table. The journeys register synthetic users, as any smoke
+    /// test of a live environment does.
+    #[arg(long)]
+    pub verify: bool,
+    /// Where --verify sends its requests instead of the environment's
+    /// gateway (`https://<gateway.domain>` for a kubernetes environment,
+    /// the local gateway's port otherwise).
+    #[arg(long, value_name = "URL", requires = "verify")]
+    pub verify_url: Option<String>,
+}
+
+impl Verify {
+    /// Runs the smoke journeys against the deployment just rolled out; when
+    /// they breach an objective (or cannot run), `roll_back` runs and the
+    /// error says both what failed and that it was rolled back.
+    ///
+    /// Unlike `cargo xtask loadtest`, the target may be any host, not only
+    /// loopback: it is the environment the operator has just deployed, and
+    /// the smoke run is a few dozen requests. Without the server-side
+    /// cross-check: a remote deployment's `/metrics` are not served through
+    /// its gateway.
+    pub fn run_or_roll_back(
+        &self,
+        root: &Path,
+        environment: &Environment,
+        roll_back: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        if !self.verify {
+            return Ok(());
+        }
+        let url = match &self.verify_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => gateway_url(environment),
+        };
+        eprintln!("==> verifying `{}` with the smoke journeys against {url}", environment.name);
+        let Err(breach) = smoke(root, environment, &url) else {
+            eprintln!("    verified: the smoke objectives hold");
+            return Ok(());
+        };
+        eprintln!("==> verification failed; rolling `{}` back", environment.name);
+        match roll_back() {
+            Ok(()) => Err(breach.context(format!(
+                "`{}` failed verification against {url} and was rolled back",
+                environment.name
+            ))),
+            Err(rollback) => Err(breach.context(format!(
+                "`{}` failed verification against {url}, and so did its rollback: {rollback:#}",
+                environment.name
+            ))),
+        }
+    }
+}
+
+/// Where an environment's users reach it: its domain over HTTPS on
+/// Kubernetes, its gateway's port here otherwise.
+pub fn gateway_url(environment: &Environment) -> String {
+    let gateway = &environment.model.gateway;
+    match environment.model.kind {
+        Kind::Kubernetes => format!("https://{}", gateway.domain),
+        _ => base_url(gateway.listen_address.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), gateway.http_port),
+    }
+}
+
+/// The smoke run of `--verify` against `url`.
+fn smoke(root: &Path, environment: &Environment, url: &str) -> anyhow::Result<()> {
+    let binary = build_loadtests(root, false)?;
+    let out = run_folder(root, "mix", "verify")?;
+    let rules = rules(&environment.model.loadtest.smoke);
+    let run = Invocation {
+        scenario: "mix",
+        think_time: "200..500",
+        host: url,
+        setup_host: None,
+        metrics_urls: &[],
+        cross_check: false,
+        users: 4,
+        hatch_rate: "2",
+        duration: "10s",
+        rules: &rules,
+        out: &out,
+        label: format!("{} verify", environment.name),
+    };
+    let settings = Loadtest {
+        env: environment.name.clone(),
+        target: Target::Gateway,
+        host: Some(url.to_owned()),
+        metrics_urls: Vec::new(),
+        users: run.users,
+        hatch_rate: run.hatch_rate.to_owned(),
+        duration: run.duration.to_owned(),
+        scenario: run.scenario.to_owned(),
+        think_time: None,
+        slos: Vec::new(),
+        no_env_slo: false,
+        baseline: None,
+        baseline_tolerance: 10.0,
+        crosscheck_tolerance: 1.0,
+        smoke: false,
+        debug: true,
+        benchmark: false,
+        database_url: None,
+        label: "verify".to_owned(),
+    };
+    settings.invoke(&binary, &run)
 }
 
 /// Refuses any URL whose host is not a loopback address (or `localhost`).

@@ -29,7 +29,7 @@ impl std::fmt::Display for WouldChange {
 impl std::error::Error for WouldChange {}
 
 /// The flags of a Kubernetes deploy (and of `rollback`, `diff`).
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Apply {
     #[command(flatten)]
     pub connect: Connect,
@@ -51,9 +51,26 @@ pub struct Apply {
     pub prune_allow_data_loss: bool,
     /// Seconds the rollouts get at most (each Deployment's progress
     /// deadline fails it sooner).
-    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT_SECS)]
     pub timeout: u64,
 }
+
+/// What the command line gives when no flag is passed (a derived default
+/// would give the rollouts no time at all).
+impl Default for Apply {
+    fn default() -> Self {
+        Apply {
+            connect: Connect::default(),
+            force_conflicts: false,
+            skip_missing_crds: false,
+            prune: false,
+            prune_allow_data_loss: false,
+            timeout: DEFAULT_TIMEOUT_SECS,
+        }
+    }
+}
+
+const DEFAULT_TIMEOUT_SECS: u64 = 900;
 
 impl Apply {
     fn options(&self, dry_run: bool) -> Options {

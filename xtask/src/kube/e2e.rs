@@ -477,3 +477,82 @@ fn an_absent_crd_is_named_with_what_installs_it_unless_skipped() {
     assert!(said.text().contains("left out: ServiceMonitor.monitoring.coreos.com"), "{}", said.text());
     assert_eq!(harness.server.list("Deployment", NS).len(), 4);
 }
+
+/// A gateway that answers every request with a 503, and counts them.
+struct FailingGateway {
+    url: String,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FailingGateway {
+    fn start() -> FailingGateway {
+        use std::io::{BufRead, BufReader, Read};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream);
+                    loop {
+                        // One request: its head, then its body by Content-Length.
+                        let mut length = 0;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let answer = r#"{"code":"unavailable","message":"down"}"#;
+                        let response = format!(
+                            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        if reader.get_mut().write_all(response.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FailingGateway { url, requests }
+    }
+}
+
+#[test]
+fn a_rollout_that_fails_its_verification_is_rolled_back() {
+    let harness = Harness::new();
+    harness.deploy(&prod("0.1.0", 'a'));
+    // The rollout itself succeeds: only the smoke journeys find it broken.
+    let broken = prod("0.1.1", 'b');
+    harness.deploy(&broken);
+    assert!(harness.image("auth-service").ends_with(&digest('b')));
+    let gateway = FailingGateway::start();
+    let verify = crate::loadtest::Verify { verify: true, verify_url: Some(gateway.url.clone()) };
+    let flags = super::cli::Apply { connect: harness.connect(), ..Default::default() };
+    let err = verify
+        .run_or_roll_back(&crate::project_root(), &broken, || {
+            super::cli::rollback(&broken, &flags, crate::build::Output::Json)
+        })
+        .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains("failed verification") && err.contains("was rolled back"), "{err}");
+    assert!(gateway.requests.load(Ordering::SeqCst) > 0, "the smoke journeys reached the gateway");
+    for workload in WORKLOADS {
+        assert!(harness.image(workload).ends_with(&digest('a')), "{workload} runs the set before again");
+    }
+}
