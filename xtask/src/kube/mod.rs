@@ -66,6 +66,17 @@ pub struct Cluster {
     runtime: tokio::runtime::Runtime,
 }
 
+/// Makes ring rustls's process-wide provider, once, before any client is
+/// built. kube asks for ring, but a workspace build also turns on aws-lc-rs
+/// (reqwest's default), and rustls refuses to choose between two.
+pub(crate) fn install_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means a provider is installed already: that one serves.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 impl Cluster {
     /// Connects as `connect` says, refusing a context other than the one
     /// `environment` belongs to before anything is sent to it.
@@ -76,6 +87,7 @@ impl Cluster {
             .context("failed to start the runtime for the Kubernetes API")?;
         let (config, context) = runtime.block_on(config(connect))?;
         guard(environment, &context)?;
+        install_crypto();
         // The client's buffer spawns its worker on the current runtime.
         let _entered = runtime.enter();
         let client = ::kube::Client::try_from(config)

@@ -24,6 +24,7 @@ async fn client(server: &FakeApiServer, dir: &ScratchDir) -> kube::Client {
     let kubeconfig = Kubeconfig::read_from(&path).expect("kube-rs reads the kubeconfig");
     let config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("a client config");
+    crate::kube::install_crypto();
     kube::Client::try_from(config).expect("a client")
 }
 
