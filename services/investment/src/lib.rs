@@ -1,0 +1,125 @@
+//! The investment service (seed port 3005): portfolios under
+//! `/v1/portfolios` (with their activities and valuation), instruments under
+//! `/v1/instruments`, holdings with their tax lots under `/v1/holdings`.
+//!
+//! Activities are what the user records (buys, sells, dividends, splits,
+//! cash in and out); everything else is derived from them. Lots and
+//! disposals ([`lots`]) are recomputed for the holding an activity touches,
+//! in the same transaction, so cost bases and realised gains are always
+//! those of the activities in date order. Prices and FX rates come from a
+//! [`market::MarketData`] source; without a provider every one of them is
+//! simulated and says so (`"source": "simulated"`).
+//!
+//! Money is integer minor units (`freedumb_kit::money`), quantities, prices
+//! and rates exact decimals ([`decimal`]); all of them travel as strings.
+//! Every row belongs to a user and every query names the caller, so another
+//! user's ids answer 404.
+
+mod activities;
+pub mod decimal;
+mod holdings;
+mod instruments;
+pub mod lots;
+pub mod market;
+mod portfolios;
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use chrono::NaiveDate;
+use freedumb_kit::auth::JwtKeys;
+use freedumb_kit::config::{ConfigError, Env};
+use freedumb_kit::date::IsoDate;
+use freedumb_kit::events::{Bus, Relay};
+use freedumb_kit::service::BackgroundTask;
+use freedumb_kit::{Platform, Service};
+use sqlx::migrate::Migrator;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::market::{MarketData, Offline};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The Postgres schema this service owns.
+pub const SCHEMA: &str = "investment";
+
+pub use activities::{ACTIVITY_DELETED, ACTIVITY_RECORDED};
+
+pub struct InvestmentService;
+
+impl Service for InvestmentService {
+    fn name(&self) -> &'static str {
+        "investment"
+    }
+
+    fn default_port(&self) -> u16 {
+        3005
+    }
+
+    fn schema(&self) -> &'static str {
+        SCHEMA
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn router(&self, platform: &Platform, env: &Env) -> Result<OpenApiRouter, ConfigError> {
+        let state = Investments { platform: platform.clone(), market: market_data(env) };
+        Ok(OpenApiRouter::new()
+            .merge(portfolios::router())
+            .merge(instruments::router())
+            .merge(activities::router())
+            .merge(holdings::router())
+            .with_state(state))
+    }
+
+    fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
+        let bus = Bus::from_env(env, platform)?;
+        Ok(vec![Relay::new(platform.db.clone(), SCHEMA, &bus).into_task()])
+    }
+}
+
+/// The price source. The provider's HTTP client is not written yet (issue
+/// 12, item 5), so every deployment runs on the offline source; one that
+/// was given `MARKET_DATA_API_KEY` says so at start-up rather than pretend.
+fn market_data(env: &Env) -> Arc<dyn MarketData> {
+    if env.get("MARKET_DATA_API_KEY").is_some() {
+        tracing::warn!(
+            "MARKET_DATA_API_KEY is set, but no market-data provider client exists yet: prices and FX rates are simulated"
+        );
+    }
+    Arc::new(Offline)
+}
+
+/// A date read back from the `investment` schema as the API may show it.
+///
+/// Every date column is constrained to 1900-01-01..=9999-12-31, so this
+/// never clamps in practice; it keeps reading total rather than panic.
+fn stored_date(date: NaiveDate) -> IsoDate {
+    IsoDate::new(date).unwrap_or(if date < IsoDate::MIN.get() { IsoDate::MIN } else { IsoDate::MAX })
+}
+
+#[derive(Clone)]
+struct Investments {
+    platform: Platform,
+    market: Arc<dyn MarketData>,
+}
+
+impl FromRef<Investments> for JwtKeys {
+    fn from_ref(s: &Investments) -> Self {
+        s.platform.jwt.clone()
+    }
+}
+
+/// The service's text fields, as the kit's types.
+pub(crate) mod text {
+    use freedumb_kit::text::{Line, Text};
+
+    /// A portfolio's name.
+    pub type PortfolioName = Line<1, 100>;
+    /// An instrument's name, such as "Apple Inc."; empty means none.
+    pub type InstrumentName = Line<0, 200>;
+    /// A note on an activity; empty means none.
+    pub type Note = Text<500>;
+}
