@@ -21,11 +21,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Context;
 use axum::extract::State;
 use chrono::NaiveDate;
-use freedumb_kit::ApiResult;
 use freedumb_kit::auth::AuthUser;
 use freedumb_kit::date::IsoDate;
 use freedumb_kit::extract::{Json, Path, Query};
 use freedumb_kit::money::Currency;
+use freedumb_kit::{ApiResult, ErrorBody};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -333,7 +333,8 @@ fn unit(cost: i64, currency: Currency, quantity: Decimal) -> Option<String> {
 /// The caller's holdings with their lots, costs, value at the latest price
 /// and gains, by portfolio (oldest first), then symbol.
 #[utoipa::path(get, path = "/v1/holdings", tag = "holdings", security(("bearer" = [])), params(HoldingsQuery),
-    responses((status = 200, body = HoldingList)))]
+    responses((status = 200, body = HoldingList),
+        (status = 404, body = ErrorBody, description = "`portfolio_id` is not one of the caller's portfolios")))]
 async fn list_holdings(
     State(state): State<Investments>,
     user: AuthUser,
