@@ -94,6 +94,10 @@ MESSAGE_FALSE_POSITIVES = {
         "the amount converted at the day's rate into the portfolio's base currency (stored state)",
     ("POST /v1/portfolios/{id}/activities", "ratio", "makes a lot larger than"):
         "a split multiplies the open lots, whose size is stored state",
+    ("POST /v1/portfolios/{id}/activities/import", "csv", "row "):
+        "the file's sales must not take more than the portfolio holds (stored state)",
+    ("POST /v1/portfolios/{id}/activities/import", "csv", "the disposal of "):
+        "the file's rows must leave every recorded sale enough to take (stored state)",
 }
 
 # Fields under a prefix: the CSV import's mapping names columns (or
@@ -102,6 +106,8 @@ MESSAGE_FALSE_POSITIVES = {
 PREFIX_FALSE_POSITIVES = {
     ("POST /v1/transactions/import", "mapping."):
         "the mapping must name columns the file has, and either `amount` or `debit`/`credit`",
+    ("POST /v1/portfolios/{id}/activities/import", "mapping."):
+        "the mapping must name columns the file has",
 }
 
 

@@ -60,8 +60,11 @@ CREATE TABLE investment.activities (
     fx_rate       numeric(38, 18) NOT NULL CHECK (fx_rate > 0),
     fx_source     text          NOT NULL,
     note          text,
+    -- A CSV import's fingerprint of the source row, per portfolio.
+    import_hash   text,
     created_at    timestamptz   NOT NULL DEFAULT now()
 );
+CREATE UNIQUE INDEX activities_import_idx ON investment.activities (portfolio_id, import_hash) WHERE import_hash IS NOT NULL;
 CREATE INDEX activities_portfolio_idx ON investment.activities (portfolio_id, date, seq);
 CREATE INDEX activities_instrument_idx ON investment.activities (portfolio_id, instrument_id, date, seq);
 

@@ -52,7 +52,7 @@ use uuid::Uuid;
 
 use crate::decimal::{Quantity, Ratio, UnitPrice, convert, from_db, show, to_minor};
 use crate::lots::{self, LotError, Money2, Step};
-use crate::market::Source;
+use crate::market::{MarketData, Source};
 use crate::portfolios::{self, PortfolioRow};
 use crate::text::Note;
 use crate::{Investments, SCHEMA, instruments, stored_date};
@@ -83,7 +83,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 10] = [
+    pub(crate) const ALL: [Kind; 10] = [
         Kind::Buy,
         Kind::Sell,
         Kind::Dividend,
@@ -96,7 +96,7 @@ impl Kind {
         Kind::TransferOut,
     ];
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Buy => "buy",
             Kind::Sell => "sell",
@@ -112,14 +112,14 @@ impl Kind {
     }
 
     /// Whether it changes the holding's lots.
-    fn moves_lots(self) -> bool {
+    pub(crate) fn moves_lots(self) -> bool {
         matches!(self, Kind::Buy | Kind::Sell | Kind::Split | Kind::TransferIn | Kind::TransferOut)
     }
 }
 
 /// The optional fields of a request; `kind` and `date` are always required.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
+pub(crate) enum Field {
     InstrumentId,
     Quantity,
     UnitPrice,
@@ -142,7 +142,7 @@ impl Field {
         Field::Note,
     ];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Field::InstrumentId => "instrument_id",
             Field::Quantity => "quantity",
@@ -190,7 +190,7 @@ fn with_description(schema: RefOr<Schema>, description: &str) -> RefOr<Schema> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Need {
+pub(crate) enum Need {
     Required,
     Optional,
 }
@@ -199,6 +199,7 @@ use Field as F;
 use Need::{Optional as O, Required as R};
 
 /// Which fields each kind takes. Every other field is refused.
+/// (`pub(crate)` for the CSV import, which keeps only these of a row.)
 const FIELDS: &[(Kind, &[(Field, Need)])] = &[
     (Kind::Buy, &[(F::InstrumentId, R), (F::Quantity, R), (F::UnitPrice, R), (F::Fee, O), (F::Note, O)]),
     (Kind::Sell, &[(F::InstrumentId, R), (F::Quantity, R), (F::UnitPrice, R), (F::Fee, O), (F::Note, O)]),
@@ -212,7 +213,7 @@ const FIELDS: &[(Kind, &[(Field, Need)])] = &[
     (Kind::Withdrawal, &[(F::Amount, R), (F::Currency, O), (F::Note, O)]),
 ];
 
-fn fields_of(kind: Kind) -> &'static [(Field, Need)] {
+pub(crate) fn fields_of(kind: Kind) -> &'static [(Field, Need)] {
     FIELDS.iter().find(|(k, _)| *k == kind).map(|(_, fields)| *fields).unwrap_or(&[])
 }
 
@@ -221,16 +222,16 @@ fn fields_of(kind: Kind) -> &'static [(Field, Need)] {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewActivity {
-    kind: Kind,
-    date: IsoDate,
-    instrument_id: Option<Uuid>,
-    quantity: Option<Quantity>,
-    unit_price: Option<UnitPrice>,
-    fee: Option<String>,
-    amount: Option<String>,
-    currency: Option<String>,
-    ratio: Option<Ratio>,
-    note: Option<Note>,
+    pub(crate) kind: Kind,
+    pub(crate) date: IsoDate,
+    pub(crate) instrument_id: Option<Uuid>,
+    pub(crate) quantity: Option<Quantity>,
+    pub(crate) unit_price: Option<UnitPrice>,
+    pub(crate) fee: Option<String>,
+    pub(crate) amount: Option<String>,
+    pub(crate) currency: Option<String>,
+    pub(crate) ratio: Option<Ratio>,
+    pub(crate) note: Option<Note>,
 }
 
 impl NewActivity {
@@ -248,7 +249,7 @@ impl NewActivity {
     }
 
     /// The fields this kind requires and the ones it does not use.
-    fn check_fields(&self, errors: &mut FieldErrors) {
+    pub(crate) fn check_fields(&self, errors: &mut FieldErrors) {
         let allowed = fields_of(self.kind);
         for field in Field::ALL {
             match allowed.iter().find(|(f, _)| *f == field).map(|(_, need)| *need) {
@@ -528,8 +529,7 @@ async fn load(conn: &mut PgConnection, portfolio: &PortfolioRow, id: Uuid) -> Ap
 }
 
 /// What a request becomes once its amounts are read in its currency.
-struct Effects {
-    instrument: Option<instruments::InstrumentRow>,
+pub(crate) struct Effects {
     currency: Currency,
     gross: Option<i64>,
     fee: i64,
@@ -546,31 +546,44 @@ fn money(field: &str, currency: Currency, text: &str, positive: bool) -> Result<
     }
 }
 
-/// Reads the amounts in the activity's currency and works out its cash.
-async fn effects(conn: &mut PgConnection, user_id: Uuid, base: Currency, req: &NewActivity) -> ApiResult<Effects> {
-    let instrument = match req.instrument_id {
-        Some(id) => Some(
+/// The caller's instrument the request names, or a 422 naming
+/// `instrument_id`: another user's is no more tradeable than none.
+async fn instrument_of(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    req: &NewActivity,
+) -> ApiResult<Option<instruments::InstrumentRow>> {
+    match req.instrument_id {
+        Some(id) => Ok(Some(
             instruments::find_optional(conn, user_id, id)
                 .await?
                 .ok_or_else(|| ApiError::field("instrument_id", "is not one of your instruments"))?,
-        ),
-        None => None,
-    };
-    let mut errors = FieldErrors::default();
-    let currency = match (&instrument, req.currency.as_deref()) {
-        (Some(instrument), _) => instrument.currency()?,
-        (None, Some(code)) => errors
-            .keep(
-                Currency::from_code(code.trim())
-                    .ok_or_else(|| FieldError::new("currency", "must be a supported ISO 4217 code")),
-            )
-            .unwrap_or(base),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Reads the amounts in the activity's currency (the instrument's, else
+/// `currency`, else the base currency) and works out its cash.
+pub(crate) fn effects(
+    req: &NewActivity,
+    instrument: Option<&instruments::InstrumentRow>,
+    base: Currency,
+) -> Result<Effects, Vec<FieldError>> {
+    let mut errors: Vec<FieldError> = Vec::new();
+    let mut keep = |result: Result<i64, FieldError>| result.map_err(|e| errors.push(e)).ok();
+    let currency = match (instrument, req.currency.as_deref()) {
+        (Some(instrument), _) => {
+            instrument.currency().map_err(|e| vec![FieldError::new("instrument_id", e.to_string())])?
+        }
+        (None, Some(code)) => Currency::from_code(code.trim())
+            .ok_or_else(|| vec![FieldError::new("currency", "must be a supported ISO 4217 code")])?,
         (None, None) => base,
     };
-    let fee = req.fee.as_deref().map(|f| errors.keep(money("fee", currency, f, false))).unwrap_or(Some(0));
-    let amount = req.amount.as_deref().and_then(|a| errors.keep(money("amount", currency, a, true)));
+    let fee = req.fee.as_deref().map(|f| keep(money("fee", currency, f, false))).unwrap_or(Some(0));
+    let amount = req.amount.as_deref().and_then(|a| keep(money("amount", currency, a, true)));
     let gross = match (req.quantity, req.unit_price) {
-        (Some(q), Some(p)) => errors.keep(
+        (Some(q), Some(p)) => keep(
             q.get()
                 .checked_mul(p.get())
                 .and_then(|gross| to_minor(gross, currency))
@@ -578,17 +591,19 @@ async fn effects(conn: &mut PgConnection, user_id: Uuid, base: Currency, req: &N
         ),
         _ => None,
     };
-    errors.finish()?;
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     let fee = fee.unwrap_or(0);
     let cash = match req.kind {
         Kind::Buy => -(gross.unwrap_or(0) + fee),
         Kind::Sell => {
             let gross = gross.unwrap_or(0);
             if fee > gross {
-                return Err(ApiError::field(
+                return Err(vec![FieldError::new(
                     "fee",
                     "must not be more than the sale's gross amount (quantity × unit_price)",
-                ));
+                )]);
             }
             gross - fee
         }
@@ -596,7 +611,7 @@ async fn effects(conn: &mut PgConnection, user_id: Uuid, base: Currency, req: &N
         Kind::Fee | Kind::Withdrawal => -amount.unwrap_or(0),
         Kind::Split | Kind::TransferIn | Kind::TransferOut => 0,
     };
-    Ok(Effects { instrument, currency, gross, fee, amount, cash })
+    Ok(Effects { currency, gross, fee, amount, cash })
 }
 
 /// The payload of `investment.activity_recorded` (docs/events.md).
@@ -653,61 +668,88 @@ async fn create_activity(
         Box::pin(async move {
             let portfolio = portfolios::find(tx.conn(), user.user_id, portfolio_id, true).await?;
             let base = portfolio.base()?;
-            let effects = effects(tx.conn(), user.user_id, base, &req).await?;
-            let fx = market.fx(effects.currency, base, req.date).await.context("failed to get an FX rate")?;
-            let cash_base = convert(effects.cash, effects.currency, base, fx.rate)
-                .ok_or_else(|| ApiError::field("amount", "is more than 10^15 minor units in the base currency"))?;
-            let id = Uuid::now_v7();
-            sqlx::query(
-                "INSERT INTO investment.activities (id, user_id, portfolio_id, kind, date, instrument_id, quantity, unit_price,
-                     gross_minor, fee_minor, amount_minor, ratio_to, ratio_from, cash_minor, cash_currency, cash_base_minor,
-                     fx_rate, fx_source, note)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $13, $14, $15, $16, $17::numeric, $18, $19)",
-            )
-            .bind(id)
-            .bind(user.user_id)
-            .bind(portfolio.id)
-            .bind(req.kind)
-            .bind(req.date.get())
-            .bind(effects.instrument.as_ref().map(|i| i.id))
-            .bind(req.quantity.map(|q| q.get().to_string()))
-            .bind(req.unit_price.map(|p| p.get().to_string()))
-            .bind(effects.gross)
-            .bind(effects.fee)
-            .bind(effects.amount)
-            .bind(req.ratio.map(|r| r.to as i32))
-            .bind(req.ratio.map(|r| r.from as i32))
-            .bind(effects.cash)
-            .bind(effects.currency.code())
-            .bind(cash_base)
-            .bind(fx.rate.to_string())
-            .bind(fx.source.as_str())
-            .bind(req.note.clone().and_then(Note::non_empty))
-            .execute(tx.conn())
-            .await
-            .context("failed to insert an activity")?;
-            if let (true, Some(instrument)) = (req.kind.moves_lots(), &effects.instrument) {
+            let instrument = instrument_of(tx.conn(), user.user_id, &req).await?;
+            let effects = effects(&req, instrument.as_ref(), base).map_err(ApiError::validation)?;
+            let id = record(tx.conn(), market.as_ref(), user.user_id, &portfolio, &req, &effects, None)
+                .await?
+                .context("an activity without an import fingerprint is always inserted")?;
+            if let (true, Some(instrument)) = (req.kind.moves_lots(), &instrument) {
                 rebuild_holding(tx.conn(), &portfolio, instrument.id).await.map_err(|err| refusal(err, id))?;
             }
-            let recorded = ActivityRecorded {
-                version: 1,
-                activity_id: id,
-                user_id: user.user_id,
-                portfolio_id: portfolio.id,
-                kind: req.kind.as_str(),
-                date: req.date.get(),
-                instrument_id: req.instrument_id,
-                currency: effects.currency.code(),
-                cash_minor: effects.cash,
-                base_currency: base.code(),
-                cash_base_minor: cash_base,
-            };
-            freedumb_kit::events::record(tx.conn(), SCHEMA, ACTIVITY_RECORDED, &recorded).await?;
             let activity = load(tx.conn(), &portfolio, id).await?;
             Ok((StatusCode::CREATED, serde_json::to_value(activity).context("serialise")?))
         })
     })
     .await
+}
+
+/// Inserts an activity with its FX rate and cash in the base currency, and
+/// records `investment.activity_recorded`; the caller rebuilds the holding.
+/// With an import fingerprint already in the portfolio it inserts nothing
+/// and answers `None`.
+pub(crate) async fn record(
+    conn: &mut PgConnection,
+    market: &dyn MarketData,
+    user_id: Uuid,
+    portfolio: &PortfolioRow,
+    req: &NewActivity,
+    effects: &Effects,
+    import_hash: Option<&str>,
+) -> ApiResult<Option<Uuid>> {
+    let base = portfolio.base()?;
+    let fx = market.fx(effects.currency, base, req.date).await.context("failed to get an FX rate")?;
+    let cash_base = convert(effects.cash, effects.currency, base, fx.rate)
+        .ok_or_else(|| ApiError::field("amount", "is more than 10^15 minor units in the base currency"))?;
+    let id = Uuid::now_v7();
+    let inserted = sqlx::query(
+        "INSERT INTO investment.activities (id, user_id, portfolio_id, kind, date, instrument_id, quantity, unit_price,
+             gross_minor, fee_minor, amount_minor, ratio_to, ratio_from, cash_minor, cash_currency, cash_base_minor,
+             fx_rate, fx_source, note, import_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $13, $14, $15, $16, $17::numeric, $18, $19, $20)
+         ON CONFLICT (portfolio_id, import_hash) WHERE import_hash IS NOT NULL DO NOTHING",
+    )
+    .bind(id)
+    .bind(user_id)
+    .bind(portfolio.id)
+    .bind(req.kind)
+    .bind(req.date.get())
+    .bind(req.instrument_id)
+    .bind(req.quantity.map(|q| q.get().to_string()))
+    .bind(req.unit_price.map(|p| p.get().to_string()))
+    .bind(effects.gross)
+    .bind(effects.fee)
+    .bind(effects.amount)
+    .bind(req.ratio.map(|r| r.to as i32))
+    .bind(req.ratio.map(|r| r.from as i32))
+    .bind(effects.cash)
+    .bind(effects.currency.code())
+    .bind(cash_base)
+    .bind(fx.rate.to_string())
+    .bind(fx.source.as_str())
+    .bind(req.note.clone().and_then(Note::non_empty))
+    .bind(import_hash)
+    .execute(&mut *conn)
+    .await
+    .context("failed to insert an activity")?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(None);
+    }
+    let recorded = ActivityRecorded {
+        version: 1,
+        activity_id: id,
+        user_id,
+        portfolio_id: portfolio.id,
+        kind: req.kind.as_str(),
+        date: req.date.get(),
+        instrument_id: req.instrument_id,
+        currency: effects.currency.code(),
+        cash_minor: effects.cash,
+        base_currency: base.code(),
+        cash_base_minor: cash_base,
+    };
+    freedumb_kit::events::record(conn, SCHEMA, ACTIVITY_RECORDED, &recorded).await?;
+    Ok(Some(id))
 }
 
 /// Why a rebuild refused the holding, as the answer to the request that
@@ -730,7 +772,7 @@ impl From<anyhow::Error> for Refusal {
     }
 }
 
-fn refusal(refusal: Refusal, this: Uuid) -> ApiError {
+pub(crate) fn refusal(refusal: Refusal, this: Uuid) -> ApiError {
     match refusal {
         Refusal::Api(err) => err,
         Refusal::Lots(LotError::Oversold { activity, held, wanted }, date) if activity == this => ApiError::field(

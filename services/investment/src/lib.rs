@@ -18,6 +18,7 @@
 mod activities;
 pub mod decimal;
 mod holdings;
+mod import;
 mod instruments;
 pub mod lots;
 pub mod market;
@@ -70,6 +71,7 @@ impl Service for InvestmentService {
             .merge(portfolios::router())
             .merge(instruments::router())
             .merge(activities::router())
+            .merge(import::router())
             .merge(holdings::router())
             .with_state(state))
     }

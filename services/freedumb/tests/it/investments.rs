@@ -457,6 +457,7 @@ async fn the_openapi_document_states_the_service_s_routes_and_rules() {
         "/v1/portfolios/{id}",
         "/v1/portfolios/{id}/activities",
         "/v1/portfolios/{id}/activities/{activity_id}",
+        "/v1/portfolios/{id}/activities/import",
         "/v1/portfolios/{id}/valuation",
         "/v1/instruments",
         "/v1/instruments/{id}",
@@ -473,5 +474,71 @@ async fn the_openapi_document_states_the_service_s_routes_and_rules() {
         .collect();
     assert_eq!(kinds.len(), 10, "{kinds:?}");
     let quantity = &doc["components"]["schemas"]["NewActivity"]["oneOf"][0]["properties"]["quantity"];
+    // Its import is its own schema, not the ledger's of the same shape.
+    let import = &doc["paths"]["/v1/portfolios/{id}/activities/import"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"]["$ref"];
+    let import = &doc["components"]["schemas"][import.as_str().unwrap().rsplit('/').next().unwrap()];
+    assert!(
+        import["properties"].get("mapping").is_some() && import["properties"].get("account_id").is_none(),
+        "{import}"
+    );
     assert!(quantity["pattern"].as_str().unwrap().contains("{0,11}"), "{quantity}");
+}
+
+#[tokio::test]
+async fn a_broker_export_is_imported_once_and_a_file_that_oversells_imports_nothing() {
+    let app = spawn_app().await;
+    let user = app.signed_in_user().await;
+    let portfolio = app.portfolio(&user, "USD", "fifo").await;
+    app.instrument(&user, "ACME", "USD").await;
+    let path = format!("/v1/portfolios/{portfolio}/activities/import");
+    // A European broker's export: semicolons, day-first dates, decimal
+    // commas, sales and fees as negative numbers, its own word for dividends.
+    let csv = "Date;Type;Symbol;Shares;Price;Commission;Amount;Currency;Comment\n\
+               02.01.2025;Deposit;;;;;5.000,00;USD;\n\
+               10.01.2025;BUY;ACME;10;100,00;-5,00;-1.005,00;;first lot\n\
+               10.02.2025;BUY;ACME;10;120,00;0;;;\n\
+               10.03.2025;SELL;ACME;-15;130,00;0;;;\n\
+               01.04.2025;DIV;ACME;;;;4,20;;\n\
+               05.04.2025;SPLIT;ACME;;;;;;\n\
+               06.04.2025;BUY;NOPE;1;1;;;;\n\
+               07.04.2025;GIFT;ACME;1;1;;;;\n";
+    let mapping = json!({"date": "Date", "kind": "Type", "symbol": "Symbol", "quantity": "Shares", "unit_price": "Price",
+        "fee": "Commission", "amount": "Amount", "currency": "Currency", "note": "Comment"});
+    let body = json!({"csv": csv, "mapping": mapping, "kinds": {"DIV": "dividend"}, "date_format": "%d.%m.%Y",
+        "delimiter": ";", "decimal_comma": true});
+    let summary = app.ok(&user, "POST", &path, Some(body.clone())).await;
+    assert_eq!((summary["created"].as_u64(), summary["rejected"].as_u64()), (Some(5), Some(3)), "{summary}");
+    let rows: Vec<u64> = summary["rejections"].as_array().unwrap().iter().map(|r| r["row"].as_u64().unwrap()).collect();
+    assert_eq!(rows, [7, 8, 9], "{summary}");
+    assert!(summary["rejections"][0]["reason"].as_str().unwrap().contains("needs ratio"), "{summary}");
+    assert!(summary["rejections"][1]["reason"].as_str().unwrap().contains("NOPE"), "{summary}");
+
+    let holding = app.holding(&user, &portfolio).await;
+    assert_eq!((holding["quantity"].as_str(), holding["cost"].as_str()), (Some("5"), Some("600.00")));
+    assert_eq!((holding["realised_gain"].as_str(), holding["dividends"].as_str()), (Some("345.00"), Some("4.20")));
+    let valuation = app.ok(&user, "GET", &format!("/v1/portfolios/{portfolio}/valuation"), None).await;
+    // 5000 − 1005 − 1200 + 1950 + 4.20
+    assert_eq!(valuation["cash_base"], "4749.20");
+    let activities = app.ok(&user, "GET", &format!("/v1/portfolios/{portfolio}/activities"), None).await;
+    assert_eq!(activities["items"][1]["note"], "first lot");
+    assert_eq!(activities["items"][1]["fee"], "5.00");
+
+    // The same file again: every good row is already there.
+    let again = app.ok(&user, "POST", &path, Some(body)).await;
+    assert_eq!((again["created"].as_u64(), again["skipped"].as_u64()), (Some(0), Some(5)), "{again}");
+
+    // A file selling more than is held imports nothing and names the row.
+    let oversold = "Date;Type;Symbol;Shares;Price\n11.04.2025;BUY;ACME;1;1,00\n12.04.2025;SELL;ACME;-7;1,00\n";
+    let mapping =
+        json!({"date": "Date", "kind": "Type", "symbol": "Symbol", "quantity": "Shares", "unit_price": "Price"});
+    let body = json!({"csv": oversold, "mapping": mapping, "date_format": "%d.%m.%Y", "delimiter": ";", "decimal_comma": true});
+    let refused = error_body(app.send(&user, "POST", &path, Some(body)).await, 422).await;
+    assert_eq!(refused["details"][0]["field"], "csv", "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("row 3"), "{refused}");
+    assert_eq!(app.holding(&user, &portfolio).await["quantity"], "5", "nothing was imported");
+
+    // A mapping naming a column the file lacks.
+    let body = json!({"csv": "Date,Type\n", "mapping": {"date": "Date", "kind": "Kind"}});
+    assert_eq!(fields(app.send(&user, "POST", &path, Some(body)).await, 422).await, ["mapping.kind"]);
 }
