@@ -55,6 +55,10 @@ FALSE_POSITIVES = {
         "the end date is not before the start date",
     ("POST /v1/portfolios/{id}/activities", 422, "validation_failed", "instrument_id"):
         "the instrument must be one of the caller's",
+    ("GET /v1/portfolios/{id}/performance", 422, "validation_failed", "to"):
+        "`to` is not before `from`, not after today and within 3,660 days of it: two parameters and the date",
+    ("GET /v1/portfolios/{id}/performance", 422, "validation_failed", "from"):
+        "the period needs the day before `from`, so `from` is after 1900-01-01 (and `to`, the date, bounds it)",
 }
 
 

@@ -22,7 +22,9 @@ mod import;
 mod instruments;
 pub mod lots;
 pub mod market;
+mod performance;
 mod portfolios;
+pub mod returns;
 
 use std::sync::Arc;
 
@@ -73,6 +75,7 @@ impl Service for InvestmentService {
             .merge(activities::router())
             .merge(import::router())
             .merge(holdings::router())
+            .merge(performance::router())
             .with_state(state))
     }
 

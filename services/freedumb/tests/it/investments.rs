@@ -297,6 +297,7 @@ async fn another_user_s_ids_are_404_on_every_endpoint() {
         ("GET", format!("/v1/portfolios/{portfolio}"), None),
         ("PATCH", format!("/v1/portfolios/{portfolio}"), Some(json!({"name": "Mine now"}))),
         ("GET", format!("/v1/portfolios/{portfolio}/valuation"), None),
+        ("GET", format!("/v1/portfolios/{portfolio}/performance"), None),
         ("GET", activities.clone(), None),
         ("POST", activities.clone(), Some(deposit)),
         ("GET", format!("{activities}/{activity}"), None),
@@ -446,6 +447,19 @@ async fn bad_input_is_refused_on_every_endpoint_naming_the_field() {
     error_body(app.send(&user, "GET", &format!("/v1/holdings?portfolio_id={}", uuid::Uuid::new_v4()), None).await, 404)
         .await;
     error_body(app.send(&user, "GET", "/v1/portfolios/nope/valuation", None).await, 400).await;
+
+    // Performance: the period's bounds.
+    let performance = format!("/v1/portfolios/{portfolio}/performance");
+    for (query, field) in [
+        ("from=2025-02-01&to=2025-01-01", "to"),
+        (&*format!("to={tomorrow}"), "to"),
+        ("from=2000-01-01&to=2010-12-31", "to"),
+        ("from=1900-01-01&to=1900-01-02", "from"),
+    ] {
+        let response = app.send(&user, "GET", &format!("{performance}?{query}"), None).await;
+        assert_eq!(fields(response, 422).await, [field], "{query}");
+    }
+    error_body(app.send(&user, "GET", &format!("{performance}?from=2025-13-01"), None).await, 400).await;
 }
 
 #[tokio::test]
@@ -459,6 +473,7 @@ async fn the_openapi_document_states_the_service_s_routes_and_rules() {
         "/v1/portfolios/{id}/activities/{activity_id}",
         "/v1/portfolios/{id}/activities/import",
         "/v1/portfolios/{id}/valuation",
+        "/v1/portfolios/{id}/performance",
         "/v1/instruments",
         "/v1/instruments/{id}",
         "/v1/holdings",
@@ -541,4 +556,95 @@ async fn a_broker_export_is_imported_once_and_a_file_that_oversells_imports_noth
     // A mapping naming a column the file lacks.
     let body = json!({"csv": "Date,Type\n", "mapping": {"date": "Date", "kind": "Kind"}});
     assert_eq!(fields(app.send(&user, "POST", &path, Some(body)).await, 422).await, ["mapping.kind"]);
+}
+
+fn days_ago(days: u64) -> String {
+    (chrono::Utc::now().date_naive() - chrono::Days::new(days)).to_string()
+}
+
+#[tokio::test]
+async fn foreign_cash_gains_only_through_the_currency_and_the_returns_say_so() {
+    let app = spawn_app().await;
+    let user = app.signed_in_user().await;
+    let portfolio = app.portfolio(&user, "EUR", "fifo").await;
+    let deposit = json!({"kind": "deposit", "date": days_ago(30), "amount": "1000.00", "currency": "USD"});
+    let deposit = app.activity(&user, &portfolio, deposit).await;
+
+    let path = format!("/v1/portfolios/{portfolio}/performance?from={}", days_ago(29));
+    let performance = app.ok(&user, "GET", &path, None).await;
+    assert_eq!(performance["history"].as_array().unwrap().len(), 30);
+    // Held at the rates of the day before the period, 1000 USD never moves.
+    assert_eq!(performance["time_weighted_without_currency"], "0", "{performance}");
+    assert_eq!(performance["money_weighted_without_currency"], "0");
+    // With the currency: the euro value at today's rate over the value at
+    // the deposit's (the day before the period), each rounded to a cent.
+    let valuation = app.ok(&user, "GET", &format!("/v1/portfolios/{portfolio}/valuation"), None).await;
+    let start = convert(100_000, &deposit["fx"]["rate"]);
+    let end = convert(100_000, &valuation["cash"][0]["fx"]["rate"]);
+    assert_eq!((cents(&performance["start_value"]), cents(&performance["end_value"])), (start, end));
+    assert_eq!(performance["end_value"], valuation["total_value"]);
+    let expected = end as f64 / start as f64 - 1.0;
+    let twr: f64 = performance["time_weighted"].as_str().unwrap().parse().unwrap();
+    assert!((twr - expected).abs() < 1e-8, "{twr} against {expected}");
+    assert_eq!(performance["sources"], json!(["simulated"]));
+}
+
+#[tokio::test]
+async fn time_and_money_weighted_returns_agree_with_the_history_they_come_from() {
+    let app = spawn_app().await;
+    let user = app.signed_in_user().await;
+    let portfolio = app.portfolio(&user, "USD", "fifo").await;
+    let acme = app.instrument(&user, "ACME", "USD").await;
+    let deposit = |date: String, amount: &str| json!({"kind": "deposit", "date": date, "amount": amount});
+    app.activity(&user, &portfolio, deposit(days_ago(40), "10000.00")).await;
+    app.activity(&user, &portfolio, trade("buy", &acme, &days_ago(39), "10", "100", "1.00")).await;
+    app.activity(&user, &portfolio, trade("sell", &acme, &days_ago(20), "5", "150", "1.00")).await;
+    app.activity(&user, &portfolio, deposit(days_ago(15), "500.00")).await;
+    app.activity(&user, &portfolio, json!({"kind": "withdrawal", "date": days_ago(10), "amount": "200.00"})).await;
+    app.activity(
+        &user,
+        &portfolio,
+        json!({"kind": "dividend", "instrument_id": acme, "date": days_ago(5), "amount": "3.00"}),
+    )
+    .await;
+
+    // From the first activity (the default) to today (the default).
+    let performance = app.ok(&user, "GET", &format!("/v1/portfolios/{portfolio}/performance"), None).await;
+    assert_eq!(
+        (performance["from"].as_str(), performance["start_value"].as_str()),
+        (Some(&*days_ago(40)), Some("0.00"))
+    );
+    assert_eq!(performance["net_flows"], "10300.00");
+    let history = performance["history"].as_array().unwrap();
+    assert_eq!(history.len(), 41);
+    let valuation = app.ok(&user, "GET", &format!("/v1/portfolios/{portfolio}/valuation"), None).await;
+    assert_eq!(performance["end_value"], valuation["total_value"], "two ways to the same value");
+    // The first day: the 10000 deposited, nothing bought yet.
+    assert_eq!(cents(&history[0]["value"]), 1_000_000);
+    assert_eq!(history[0]["flow"], "10000.00");
+
+    // Daily linking, recomputed here from the history the answer shows.
+    let mut previous = 0i64;
+    let mut growth = 1.0f64;
+    for day in history {
+        let (value, flow) = (cents(&day["value"]), cents(&day["flow"]));
+        if previous + flow > 0 {
+            growth *= value as f64 / (previous + flow) as f64;
+        }
+        previous = value;
+    }
+    let twr: f64 = performance["time_weighted"].as_str().unwrap().parse().unwrap();
+    assert!((twr - (growth - 1.0)).abs() < 1e-7, "{twr} against {}", growth - 1.0);
+
+    // The money-weighted rate balances the investor's flows.
+    let rate: f64 = performance["money_weighted"].as_str().unwrap().parse().unwrap();
+    let mut npv = 0.0;
+    for (i, day) in history.iter().enumerate() {
+        npv -= cents(&day["flow"]) as f64 / (1.0 + rate).powf((i + 1) as f64 / 365.0);
+    }
+    npv += cents(&history[40]["value"]) as f64 / (1.0 + rate).powf(41.0 / 365.0);
+    assert!(npv.abs() < 1.0, "a residue of {npv} cents at {rate}");
+    // A US dollar portfolio of US dollar holdings has no currency effect.
+    assert_eq!(performance["time_weighted_without_currency"], performance["time_weighted"]);
+    assert_eq!(performance["money_weighted_without_currency"], performance["money_weighted"]);
 }
