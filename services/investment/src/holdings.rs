@@ -398,6 +398,7 @@ pub struct Valuation {
     /// Who produced the prices and rates these figures rest on (`simulated`
     /// while the platform runs offline); empty when none was needed.
     sources: Vec<Source>,
+    /// Holdings with units held.
     holdings: usize,
 }
 
@@ -414,20 +415,20 @@ async fn valuation(
     let portfolio = portfolios::find(&mut conn, user.user_id, id, false).await?;
     let base = portfolio.base()?;
     let market = state.market.as_ref();
-    let holdings = holdings_of(&mut conn, market, user.user_id, std::slice::from_ref(&portfolio), false).await?;
-    let closed = holdings_of(&mut conn, market, user.user_id, std::slice::from_ref(&portfolio), true).await?;
+    // Closed holdings too, for their realised gains and dividends; they hold
+    // nothing, so they add nothing to value or cost and need no price.
+    let holdings = holdings_of(&mut conn, market, user.user_id, std::slice::from_ref(&portfolio), true).await?;
     let mut sources = BTreeSet::new();
     let mut totals = Totals::default();
     for holding in &holdings {
         totals.market_value += holding.totals.market_value;
         totals.cost += holding.totals.cost;
+        totals.realised += holding.totals.realised;
+        totals.dividends += holding.totals.dividends;
         sources.extend(holding.price.iter().map(|p| p.source));
         sources.extend(holding.fx.iter().map(|f| f.source));
     }
-    for holding in &closed {
-        totals.realised += holding.totals.realised;
-        totals.dividends += holding.totals.dividends;
-    }
+    let open = holdings.iter().filter(|h| h.price.is_some()).count();
     let income: Vec<(String, i64)> = sqlx::query_as(
         "SELECT kind, SUM(cash_base_minor)::bigint FROM investment.activities
          WHERE portfolio_id = $1 AND kind IN ('interest', 'fee') GROUP BY kind",
@@ -484,6 +485,6 @@ async fn valuation(
         cash_base: base.format(cash_base),
         total_value: base.format(totals.market_value + cash_base),
         sources: sources.into_iter().collect(),
-        holdings: holdings.len(),
+        holdings: open,
     }))
 }
