@@ -52,7 +52,7 @@ use uuid::Uuid;
 
 use crate::decimal::{Quantity, Ratio, UnitPrice, convert, from_db, show, to_minor};
 use crate::lots::{self, LotError, Money2, Step};
-use crate::market::{MarketData, Source};
+use crate::market::{MarketData, MarketError, Source};
 use crate::portfolios::{self, PortfolioRow};
 use crate::text::Note;
 use crate::{Investments, SCHEMA, instruments, stored_date};
@@ -697,7 +697,7 @@ pub(crate) async fn record(
     import_hash: Option<&str>,
 ) -> ApiResult<Option<Uuid>> {
     let base = portfolio.base()?;
-    let fx = market.fx(effects.currency, base, req.date).await.context("failed to get an FX rate")?;
+    let fx = market.fx(effects.currency, base, req.date).await.map_err(MarketError::into_api)?;
     let cash_base = convert(effects.cash, effects.currency, base, fx.rate)
         .ok_or_else(|| ApiError::field("amount", "is more than 10^15 minor units in the base currency"))?;
     let id = Uuid::now_v7();

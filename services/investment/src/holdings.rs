@@ -37,7 +37,7 @@ use uuid::Uuid;
 use crate::activities::Fx;
 use crate::decimal::{PRICE_DECIMALS, convert, from_db, show, to_major, to_minor};
 use crate::instruments::{self, Instrument, InstrumentRow};
-use crate::market::{MarketData, Source};
+use crate::market::{MarketData, MarketError, Source};
 use crate::portfolios::{self, PortfolioRow};
 use crate::{Investments, stored_date};
 
@@ -275,8 +275,8 @@ async fn holding(
     let (price, fx, market_value, market_value_base) = if quantity.is_zero() {
         (None, None, 0, 0)
     } else {
-        let quote = market.close(&instrument.listing()?, today).await.context("failed to get a price")?;
-        let rate = market.fx(currency, base, today).await.context("failed to get an FX rate")?;
+        let quote = market.close(&instrument.listing()?, today).await.map_err(MarketError::into_api)?;
+        let rate = market.fx(currency, base, today).await.map_err(MarketError::into_api)?;
         let value = quantity.checked_mul(quote.price).and_then(|v| to_minor(v, currency)).unwrap_or(i64::MAX);
         let value_base = convert(value, currency, base, rate.rate).unwrap_or(i64::MAX);
         let price = Price {
@@ -451,7 +451,7 @@ async fn valuation(
     let mut cash_base = 0i64;
     for (code, balance) in balances {
         let currency = Currency::from_code(&code).with_context(|| format!("unknown currency {code}"))?;
-        let rate = market.fx(currency, base, today).await.context("failed to get an FX rate")?;
+        let rate = market.fx(currency, base, today).await.map_err(MarketError::into_api)?;
         let in_base = convert(balance, currency, base, rate.rate).unwrap_or(i64::MAX);
         sources.insert(rate.source);
         cash_base += in_base;

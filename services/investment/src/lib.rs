@@ -7,8 +7,9 @@
 //! disposals ([`lots`]) are recomputed for the holding an activity touches,
 //! in the same transaction, so cost bases and realised gains are always
 //! those of the activities in date order. Prices and FX rates come from a
-//! [`market::MarketData`] source; without a provider every one of them is
-//! simulated and says so (`"source": "simulated"`).
+//! [`market::MarketData`] source: Twelve Data's API ([`provider`]) with a
+//! key, else a deterministic simulation whose every value says so
+//! (`"source": "simulated"`).
 //!
 //! Money is integer minor units (`freedumb_kit::money`), quantities, prices
 //! and rates exact decimals ([`decimal`]); all of them travel as strings.
@@ -24,6 +25,7 @@ pub mod lots;
 pub mod market;
 mod performance;
 mod portfolios;
+pub mod provider;
 pub mod returns;
 
 use std::sync::Arc;
@@ -68,7 +70,7 @@ impl Service for InvestmentService {
     }
 
     fn router(&self, platform: &Platform, env: &Env) -> Result<OpenApiRouter, ConfigError> {
-        let state = Investments { platform: platform.clone(), market: market_data(env) };
+        let state = Investments { platform: platform.clone(), market: market_data(platform, env)? };
         Ok(OpenApiRouter::new()
             .merge(portfolios::router())
             .merge(instruments::router())
@@ -85,16 +87,17 @@ impl Service for InvestmentService {
     }
 }
 
-/// The price source. The provider's HTTP client is not written yet (issue
-/// 12, item 5), so every deployment runs on the offline source; one that
-/// was given `MARKET_DATA_API_KEY` says so at start-up rather than pretend.
-fn market_data(env: &Env) -> Arc<dyn MarketData> {
-    if env.get("MARKET_DATA_API_KEY").is_some() {
-        tracing::warn!(
-            "MARKET_DATA_API_KEY is set, but no market-data provider client exists yet: prices and FX rates are simulated"
-        );
+/// The price source: Twelve Data's API with `MARKET_DATA_API_KEY` (and
+/// `MARKET_DATA_API_URL`), else the offline simulation.
+fn market_data(platform: &Platform, env: &Env) -> Result<Arc<dyn MarketData>, ConfigError> {
+    match provider::Settings::from_env(env)? {
+        Some(settings) => {
+            let client = provider::TwelveData::new(settings, platform.cache.clone())
+                .map_err(|_| ConfigError::malformed("MARKET_DATA_API_URL", "a URL the HTTP client can use"))?;
+            Ok(Arc::new(client))
+        }
+        None => Ok(Arc::new(Offline)),
     }
-    Arc::new(Offline)
 }
 
 /// A date read back from the `investment` schema as the API may show it.

@@ -3,8 +3,8 @@
 //!
 //! Every value carries its [`Source`], which the API shows beside it, so a
 //! simulated price can never pass for a market one. The HTTP client of a
-//! real provider (issue 12, item 5) implements the same trait; until then
-//! every deployment runs offline.
+//! real provider, [`crate::provider::TwelveData`], implements the same
+//! trait; a deployment without `MARKET_DATA_API_KEY` runs offline.
 //!
 //! The offline source is deterministic: the same symbol, exchange and date
 //! always give the same price, on every machine, computed in exact decimal
@@ -29,6 +29,8 @@ pub enum Source {
     Simulated,
     /// A currency converted into itself: exactly 1, from no one.
     Identity,
+    /// Twelve Data's API (`provider::TwelveData`).
+    TwelveData,
 }
 
 impl Source {
@@ -36,6 +38,7 @@ impl Source {
         match self {
             Source::Simulated => "simulated",
             Source::Identity => "identity",
+            Source::TwelveData => "twelve_data",
         }
     }
 
@@ -43,6 +46,7 @@ impl Source {
         match text {
             "simulated" => Ok(Source::Simulated),
             "identity" => Ok(Source::Identity),
+            "twelve_data" => Ok(Source::TwelveData),
             other => anyhow::bail!("unknown price source {other:?}"),
         }
     }
@@ -57,7 +61,7 @@ pub struct Listing {
 }
 
 /// A closing price per unit, in the listing's currency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quote {
     pub price: Decimal,
     pub date: IsoDate,
@@ -65,20 +69,98 @@ pub struct Quote {
 }
 
 /// One unit of `from` is `rate` units of `to`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FxRate {
     pub rate: Decimal,
     pub date: IsoDate,
     pub source: Source,
 }
 
-/// A source of closing prices and FX rates.
-pub trait MarketData: Send + Sync + 'static {
-    /// The close of `listing` on `on` (or the last trading day before it).
-    fn close<'a>(&'a self, listing: &'a Listing, on: IsoDate) -> BoxFuture<'a, anyhow::Result<Quote>>;
+/// Why a price or rate could not be had. None of them is the caller's
+/// fault: the API answers 503 with `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MarketError {
+    /// Down, timing out, answering 5xx, or the circuit is open.
+    #[error("the market-data provider is unavailable: {0}")]
+    Unavailable(String),
+    /// It said to come back later, in more seconds than a request waits.
+    #[error("the market-data provider limits our requests; retry after {0} s")]
+    RateLimited(u64),
+    /// It answered something that is not what its API documents.
+    #[error("the market-data provider's answer is malformed: {0}")]
+    Malformed(String),
+    /// It has no price for this listing (or rate) on or shortly before the date.
+    #[error("no price: {0}")]
+    NoData(String),
+}
 
-    /// The rate from `from` to `to` on `on`.
-    fn fx(&self, from: Currency, to: Currency, on: IsoDate) -> BoxFuture<'_, anyhow::Result<FxRate>>;
+impl MarketError {
+    /// The API's answer: 503 `market_data_unavailable`, saying when to retry.
+    pub fn into_api(self) -> freedumb_kit::ApiError {
+        let retry = match &self {
+            MarketError::RateLimited(secs) => *secs,
+            _ => 30,
+        };
+        let message = match &self {
+            MarketError::NoData(what) => format!("no market price is available for {what}; retry later"),
+            _ => "market data is unavailable at the moment; retry later".to_owned(),
+        };
+        freedumb_kit::ApiError::dependency_down("market_data_unavailable", message, retry, anyhow::Error::new(self))
+    }
+}
+
+/// How far back a close or rate may be from the day it is asked for:
+/// weekends, holidays, a market closed for a week.
+pub const LOOKBACK_DAYS: u64 = 10;
+
+fn lookback(on: IsoDate) -> IsoDate {
+    on.get().checked_sub_days(chrono::Days::new(LOOKBACK_DAYS)).and_then(IsoDate::new).unwrap_or(IsoDate::MIN)
+}
+
+/// A source of daily closing prices and FX rates.
+pub trait MarketData: Send + Sync + 'static {
+    /// The closes of `listing` on the trading days of `from..=to`, oldest first.
+    fn closes<'a>(
+        &'a self,
+        listing: &'a Listing,
+        from: IsoDate,
+        to: IsoDate,
+    ) -> BoxFuture<'a, Result<Vec<Quote>, MarketError>>;
+
+    /// The daily rates from `from` into `to` on the days of `start..=end`,
+    /// oldest first.
+    fn rates(
+        &self,
+        from: Currency,
+        to: Currency,
+        start: IsoDate,
+        end: IsoDate,
+    ) -> BoxFuture<'_, Result<Vec<FxRate>, MarketError>>;
+
+    /// The close on `on`, or on the last trading day before it.
+    fn close<'a>(&'a self, listing: &'a Listing, on: IsoDate) -> BoxFuture<'a, Result<Quote, MarketError>> {
+        Box::pin(async move {
+            let quotes = self.closes(listing, lookback(on), on).await?;
+            quotes.into_iter().rev().find(|q| q.date <= on).ok_or_else(|| {
+                MarketError::NoData(format!("{} on {} on or shortly before {on}", listing.symbol, listing.exchange))
+            })
+        })
+    }
+
+    /// The rate from `from` to `to` on `on`, or the last day before it.
+    fn fx(&self, from: Currency, to: Currency, on: IsoDate) -> BoxFuture<'_, Result<FxRate, MarketError>> {
+        Box::pin(async move {
+            if from == to {
+                return Ok(FxRate { rate: Decimal::ONE, date: on, source: Source::Identity });
+            }
+            let rates = self.rates(from, to, lookback(on), on).await?;
+            rates
+                .into_iter()
+                .rev()
+                .find(|r| r.date <= on)
+                .ok_or_else(|| MarketError::NoData(format!("{from}/{to} on or shortly before {on}")))
+        })
+    }
 }
 
 /// Deterministic simulated prices and FX rates.
@@ -122,13 +204,40 @@ impl Offline {
 }
 
 impl MarketData for Offline {
-    fn close<'a>(&'a self, listing: &'a Listing, on: IsoDate) -> BoxFuture<'a, anyhow::Result<Quote>> {
+    fn closes<'a>(
+        &'a self,
+        listing: &'a Listing,
+        from: IsoDate,
+        to: IsoDate,
+    ) -> BoxFuture<'a, Result<Vec<Quote>, MarketError>> {
+        let quotes = days(from, to).map(|on| Offline::close_of(listing, on)).collect();
+        Box::pin(futures::future::ready(Ok(quotes)))
+    }
+
+    fn rates(
+        &self,
+        from: Currency,
+        to: Currency,
+        start: IsoDate,
+        end: IsoDate,
+    ) -> BoxFuture<'_, Result<Vec<FxRate>, MarketError>> {
+        let rates = days(start, end).map(|on| Offline::fx_of(from, to, on)).collect();
+        Box::pin(futures::future::ready(Ok(rates)))
+    }
+
+    // One day is computed directly rather than through a range.
+    fn close<'a>(&'a self, listing: &'a Listing, on: IsoDate) -> BoxFuture<'a, Result<Quote, MarketError>> {
         Box::pin(futures::future::ready(Ok(Offline::close_of(listing, on))))
     }
 
-    fn fx(&self, from: Currency, to: Currency, on: IsoDate) -> BoxFuture<'_, anyhow::Result<FxRate>> {
+    fn fx(&self, from: Currency, to: Currency, on: IsoDate) -> BoxFuture<'_, Result<FxRate, MarketError>> {
         Box::pin(futures::future::ready(Ok(Offline::fx_of(from, to, on))))
     }
+}
+
+/// Every calendar day of `from..=to` (the simulation trades every day).
+fn days(from: IsoDate, to: IsoDate) -> impl Iterator<Item = IsoDate> {
+    std::iter::successors(Some(from), move |d| d.checked_add_days(1)).take_while(move |d| *d <= to)
 }
 
 /// Roughly what one US dollar buys, as the reference level of the

@@ -8,7 +8,7 @@
 //! day is converted at that day's rate; *without* it, at the rates of the
 //! day before the period, so only prices (and flows) move the value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context;
 use axum::extract::State;
@@ -29,7 +29,7 @@ use uuid::Uuid;
 use crate::activities::Kind;
 use crate::decimal::{convert, from_db, round_quantity, show, to_minor};
 use crate::instruments::{self, InstrumentRow};
-use crate::market::{MarketData, Source};
+use crate::market::{LOOKBACK_DAYS, MarketData, MarketError, Source};
 use crate::portfolios::{self, PortfolioRow};
 use crate::returns::{self, Day};
 use crate::{Investments, stored_date};
@@ -122,29 +122,16 @@ struct Holdings {
     cash: BTreeMap<&'static str, i64>,
 }
 
-/// Rates of one day, from each currency into the base one.
-struct Rates<'a> {
-    market: &'a dyn MarketData,
-    base: Currency,
-    on: IsoDate,
-    known: BTreeMap<&'static str, Decimal>,
-    sources: &'a mut std::collections::BTreeSet<Source>,
-}
+/// Daily series by date, looked up as "the last on or before".
+struct Series(BTreeMap<NaiveDate, Decimal>);
 
-impl Rates<'_> {
-    async fn of(&mut self, currency: Currency) -> ApiResult<Decimal> {
-        if let Some(rate) = self.known.get(currency.code()) {
-            return Ok(*rate);
-        }
-        let fx = self.market.fx(currency, self.base, self.on).await.context("failed to get an FX rate")?;
-        self.sources.insert(fx.source);
-        self.known.insert(currency.code(), fx.rate);
-        Ok(fx.rate)
-    }
-
-    async fn convert(&mut self, minor: i64, currency: Currency) -> ApiResult<i64> {
-        let rate = self.of(currency).await?;
-        Ok(convert(minor, currency, self.base, rate).unwrap_or(i64::MAX))
+impl Series {
+    fn on(&self, day: IsoDate, what: &str) -> ApiResult<Decimal> {
+        self.0
+            .range(..=day.get())
+            .next_back()
+            .map(|(_, v)| *v)
+            .ok_or_else(|| MarketError::NoData(format!("{what} on or shortly before {day}")).into_api())
     }
 }
 
@@ -153,7 +140,7 @@ impl Rates<'_> {
 struct History {
     start: (i64, i64),
     days: Vec<(IsoDate, Day, Day)>,
-    sources: std::collections::BTreeSet<Source>,
+    sources: BTreeSet<Source>,
 }
 
 async fn history(
@@ -174,26 +161,55 @@ async fn history(
     .fetch_all(&mut *conn)
     .await
     .context("failed to load activities")?;
+    let ids: Vec<Uuid> = rows.iter().filter_map(|r| r.instrument_id).collect::<BTreeSet<_>>().into_iter().collect();
     let instruments: BTreeMap<Uuid, InstrumentRow> =
-        sqlx::query_as::<_, InstrumentRow>(&format!("{} WHERE user_id = $1", instruments::SELECT))
+        sqlx::query_as::<_, InstrumentRow>(&format!("{} WHERE user_id = $1 AND id = ANY($2)", instruments::SELECT))
             .bind(user_id)
+            .bind(&ids)
             .fetch_all(&mut *conn)
             .await
             .context("failed to load instruments")?
             .into_iter()
             .map(|i| (i.id, i))
             .collect();
-    let mut sources = std::collections::BTreeSet::new();
-    let mut frozen = Rates { market, base, on: before, known: BTreeMap::new(), sources: &mut sources };
-    // Every currency the period can meet, at the rates of the day before it.
-    let mut currencies: Vec<Currency> = rows.iter().filter_map(|r| Currency::from_code(&r.cash_currency)).collect();
-    currencies.extend(instruments.values().filter_map(|i| i.currency().ok()));
-    for currency in currencies {
-        frozen.of(currency).await?;
+
+    // One range per instrument and currency, not one request per day.
+    let first = lookback(before);
+    let mut sources = BTreeSet::new();
+    let mut prices: BTreeMap<Uuid, Series> = BTreeMap::new();
+    for instrument in instruments.values() {
+        let quotes = market.closes(&instrument.listing()?, first, to).await.map_err(MarketError::into_api)?;
+        sources.extend(quotes.iter().map(|q| q.source));
+        prices.insert(instrument.id, Series(quotes.into_iter().map(|q| (q.date.get(), q.price)).collect()));
     }
-    let frozen = frozen.known;
-    let frozen_rate = |currency: Currency| -> ApiResult<Decimal> {
-        Ok(frozen.get(currency.code()).copied().context("a rate of the day before the period")?)
+    let mut currencies: BTreeSet<&'static str> =
+        rows.iter().filter_map(|r| Currency::from_code(&r.cash_currency)).map(Currency::code).collect();
+    for instrument in instruments.values() {
+        currencies.insert(instrument.currency()?.code());
+    }
+    let mut rates: BTreeMap<&'static str, Series> = BTreeMap::new();
+    for code in currencies {
+        let currency = Currency::from_code(code).context("a known currency")?;
+        let series = if currency == base {
+            Series(BTreeMap::from([(first.get(), Decimal::ONE)]))
+        } else {
+            let rates = market.rates(currency, base, first, to).await.map_err(MarketError::into_api)?;
+            sources.extend(rates.iter().map(|r| r.source));
+            Series(rates.into_iter().map(|r| (r.date.get(), r.rate)).collect())
+        };
+        rates.insert(code, series);
+    }
+    let rate_on = |currency: Currency, day: IsoDate| -> ApiResult<Decimal> {
+        rates.get(currency.code()).context("a rate series of every currency")?.on(day, &format!("{currency}/{base}"))
+    };
+    let price_on = |instrument: &InstrumentRow, day: IsoDate| -> ApiResult<Decimal> {
+        prices.get(&instrument.id).context("a price series of every instrument")?.on(day, &instrument.symbol)
+    };
+    // Amounts in the base currency, at the day's rate and at the day before the period's.
+    let both = |minor: i64, currency: Currency, day: IsoDate| -> ApiResult<(i64, i64)> {
+        let today = convert(minor, currency, base, rate_on(currency, day)?).unwrap_or(i64::MAX);
+        let frozen = convert(minor, currency, base, rate_on(currency, before)?).unwrap_or(i64::MAX);
+        Ok((today, frozen))
     };
 
     let mut state = Holdings::default();
@@ -202,19 +218,19 @@ async fn history(
     let mut start = (0, 0);
     let mut day = before;
     loop {
-        let mut today = Rates { market, base, on: day, known: BTreeMap::new(), sources: &mut sources };
-        let mut closes: BTreeMap<Uuid, Decimal> = BTreeMap::new();
         let (mut flow, mut flow_frozen) = (0i64, 0i64);
         while next < rows.len() && rows[next].date <= day.get() {
             let row = &rows[next];
             next += 1;
             let currency = Currency::from_code(&row.cash_currency).context("an activity's currency")?;
             *state.cash.entry(currency.code()).or_default() += row.cash_minor;
+            let counts = row.date == day.get() && day != before;
             let quantity = row.quantity.as_deref().map(from_db).transpose()?;
             let Some(instrument) = row.instrument_id.and_then(|id| instruments.get(&id)) else {
-                if matches!(row.kind, Kind::Deposit | Kind::Withdrawal) && row.date == day.get() {
-                    flow += today.convert(row.cash_minor, currency).await?;
-                    flow_frozen += convert(row.cash_minor, currency, base, frozen_rate(currency)?).unwrap_or(0);
+                if counts && matches!(row.kind, Kind::Deposit | Kind::Withdrawal) {
+                    let (today, frozen) = both(row.cash_minor, currency, day)?;
+                    flow += today;
+                    flow_frozen += frozen;
                 }
                 continue;
             };
@@ -229,14 +245,13 @@ async fn history(
                 }
                 _ => {}
             }
-            if matches!(row.kind, Kind::TransferIn | Kind::TransferOut) && row.date == day.get() {
-                let q = quantity.unwrap_or_default();
-                let price = close(market, &mut closes, instrument, day, today.sources).await?;
-                let local = to_minor(q * price, instrument.currency()?).unwrap_or(0);
-                let signed = if row.kind == Kind::TransferIn { local } else { -local };
+            if counts && matches!(row.kind, Kind::TransferIn | Kind::TransferOut) {
                 let currency = instrument.currency()?;
-                flow += today.convert(signed, currency).await?;
-                flow_frozen += convert(signed, currency, base, frozen_rate(currency)?).unwrap_or(0);
+                let local = to_minor(quantity.unwrap_or_default() * price_on(instrument, day)?, currency).unwrap_or(0);
+                let signed = if row.kind == Kind::TransferIn { local } else { -local };
+                let (today, frozen) = both(signed, currency, day)?;
+                flow += today;
+                flow_frozen += frozen;
             }
         }
         let (mut value, mut value_frozen) = (0i64, 0i64);
@@ -246,17 +261,18 @@ async fn history(
             }
             let instrument = &instruments[id];
             let currency = instrument.currency()?;
-            let price = close(market, &mut closes, instrument, day, today.sources).await?;
-            let local = quantity.checked_mul(price).and_then(|v| to_minor(v, currency)).unwrap_or(i64::MAX);
-            value = value.saturating_add(today.convert(local, currency).await?);
-            value_frozen =
-                value_frozen.saturating_add(convert(local, currency, base, frozen_rate(currency)?).unwrap_or(0));
+            let local = quantity
+                .checked_mul(price_on(instrument, day)?)
+                .and_then(|v| to_minor(v, currency))
+                .unwrap_or(i64::MAX);
+            let (today, frozen) = both(local, currency, day)?;
+            value = value.saturating_add(today);
+            value_frozen = value_frozen.saturating_add(frozen);
         }
         for (code, balance) in &state.cash {
-            let currency = Currency::from_code(code).context("a cash currency")?;
-            value = value.saturating_add(today.convert(*balance, currency).await?);
-            value_frozen =
-                value_frozen.saturating_add(convert(*balance, currency, base, frozen_rate(currency)?).unwrap_or(0));
+            let (today, frozen) = both(*balance, Currency::from_code(code).context("a cash currency")?, day)?;
+            value = value.saturating_add(today);
+            value_frozen = value_frozen.saturating_add(frozen);
         }
         if day == before {
             start = (value, value_frozen);
@@ -271,20 +287,8 @@ async fn history(
     Ok(History { start, days, sources })
 }
 
-async fn close(
-    market: &dyn MarketData,
-    closes: &mut BTreeMap<Uuid, Decimal>,
-    instrument: &InstrumentRow,
-    on: IsoDate,
-    sources: &mut std::collections::BTreeSet<Source>,
-) -> ApiResult<Decimal> {
-    if let Some(price) = closes.get(&instrument.id) {
-        return Ok(*price);
-    }
-    let quote = market.close(&instrument.listing()?, on).await.context("failed to get a price")?;
-    sources.insert(quote.source);
-    closes.insert(instrument.id, quote.price);
-    Ok(quote.price)
+fn lookback(on: IsoDate) -> IsoDate {
+    on.get().checked_sub_days(Days::new(LOOKBACK_DAYS)).and_then(IsoDate::new).unwrap_or(IsoDate::MIN)
 }
 
 /// A portfolio's value day by day over a period, and its returns.

@@ -648,3 +648,94 @@ async fn time_and_money_weighted_returns_agree_with_the_history_they_come_from()
     assert_eq!(performance["time_weighted_without_currency"], performance["time_weighted"]);
     assert_eq!(performance["money_weighted_without_currency"], performance["money_weighted"]);
 }
+
+/// A provider that quotes every symbol at `close` (pairs at `rate`) on every
+/// day it is asked for, counting the requests that carried its key; or
+/// fails with 500 once `broken` is set.
+struct Provider {
+    url: String,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+const PROVIDER_KEY: &str = "provider-key-for-tests";
+
+async fn provider(close: &'static str, rate: &'static str) -> Provider {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let broken = std::sync::Arc::new(AtomicBool::new(false));
+    let (counted, failing) = (hits.clone(), broken.clone());
+    let answer = move |headers: axum::http::HeaderMap,
+                       axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>| {
+        let (counted, failing) = (counted.clone(), failing.clone());
+        async move {
+            if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("apikey {PROVIDER_KEY}")) {
+                return (axum::http::StatusCode::UNAUTHORIZED, String::new());
+            }
+            counted.fetch_add(1, Ordering::SeqCst);
+            if failing.load(Ordering::SeqCst) {
+                return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, String::new());
+            }
+            let price = if q["symbol"].contains('/') { rate } else { close };
+            let (mut day, end) = (
+                q["start_date"].parse::<chrono::NaiveDate>().unwrap(),
+                q["end_date"].parse::<chrono::NaiveDate>().unwrap(),
+            );
+            let mut values = Vec::new();
+            while day <= end {
+                values.push(json!({"datetime": day.to_string(), "close": price}));
+                day = day.succ_opt().unwrap();
+            }
+            (
+                axum::http::StatusCode::OK,
+                json!({"meta": {"symbol": q["symbol"]}, "values": values, "status": "ok"}).to_string(),
+            )
+        }
+    };
+    let app = axum::Router::new().route("/v1/time_series", axum::routing::get(answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Provider { url, hits, broken }
+}
+
+#[tokio::test]
+async fn with_a_provider_key_prices_and_rates_are_the_provider_s_and_its_outage_is_a_503() {
+    let provider = provider("150.00", "0.9").await;
+    let url = provider.url.clone();
+    let app = crate::helpers::spawn_app_with(|env| {
+        env.insert("MARKET_DATA_API_KEY".into(), PROVIDER_KEY.into());
+        env.insert("MARKET_DATA_API_URL".into(), url);
+        env.insert("MARKET_DATA_ATTEMPTS".into(), "1".into());
+    })
+    .await;
+    let user = app.signed_in_user().await;
+    let portfolio = app.portfolio(&user, "EUR", "fifo").await;
+    let acme = app.instrument(&user, "ACME", "USD").await;
+
+    let buy = app.activity(&user, &portfolio, trade("buy", &acme, &days_ago(5), "10", "100", "0")).await;
+    assert_eq!((buy["fx"]["rate"].as_str(), buy["fx"]["source"].as_str()), (Some("0.9"), Some("twelve_data")));
+    assert_eq!(buy["cash_base"], "-900.00");
+    let holding = app.holding(&user, &portfolio).await;
+    assert_eq!(
+        (holding["price"]["value"].as_str(), holding["price"]["source"].as_str()),
+        (Some("150"), Some("twelve_data"))
+    );
+    assert_eq!(
+        (holding["market_value_base"].as_str(), holding["unrealised_gain_base"].as_str()),
+        (Some("1350.00"), Some("450.00"))
+    );
+    let valuation = app.ok(&user, "GET", &format!("/v1/portfolios/{portfolio}/valuation"), None).await;
+    assert_eq!(valuation["sources"], json!(["twelve_data"]));
+    let before = provider.hits.load(std::sync::atomic::Ordering::SeqCst);
+    app.holding(&user, &portfolio).await;
+    assert_eq!(provider.hits.load(std::sync::atomic::Ordering::SeqCst), before, "served from the cache");
+
+    // A quote the cache does not have, while the provider fails: a 503 that says when to retry.
+    provider.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let path = format!("/v1/portfolios/{portfolio}/performance?from={}", days_ago(30));
+    let response = app.send(&user, "GET", &path, None).await;
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(error_body(response, 503).await["code"], "market_data_unavailable");
+}
