@@ -15,7 +15,8 @@ pub static SERVICES: &[&dyn Service] = &[
 
 /// Background workers: no routes of their own, run with `freedumb worker
 /// NAME` (and by `serve all`). They use the schemas of the services above.
-pub static WORKERS: &[&dyn Service] = &[&freedumb_transaction::RecurringWorker];
+pub static WORKERS: &[&dyn Service] =
+    &[&freedumb_transaction::RecurringWorker, &freedumb_investment::InvestmentPriceWorker];
 
 /// The meta-target that stands for every service.
 pub const ALL: &str = "all";

@@ -27,6 +27,7 @@ mod performance;
 mod portfolios;
 pub mod provider;
 pub mod returns;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -49,6 +50,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 pub const SCHEMA: &str = "investment";
 
 pub use activities::{ACTIVITY_DELETED, ACTIVITY_RECORDED};
+pub use worker::VALUATION_CHANGED;
 
 pub struct InvestmentService;
 
@@ -84,6 +86,45 @@ impl Service for InvestmentService {
     fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
         let bus = Bus::from_env(env, platform)?;
         Ok(vec![Relay::new(platform.db.clone(), SCHEMA, &bus).into_task()])
+    }
+}
+
+/// The investment-price worker (`freedumb worker investment-price`): no
+/// routes of its own, one background task that stores the held listings'
+/// daily closes and announces valuations ([`worker`]). It works on the
+/// `investment` schema, which the service owns and migrates.
+pub struct InvestmentPriceWorker;
+
+impl Service for InvestmentPriceWorker {
+    fn name(&self) -> &'static str {
+        "investment-price"
+    }
+
+    /// The port of its ops endpoints when run alone.
+    fn default_port(&self) -> u16 {
+        3105
+    }
+
+    /// It serves only /health, /ready and /metrics: no token to verify.
+    fn authenticates(&self) -> bool {
+        false
+    }
+
+    fn schema(&self) -> &'static str {
+        SCHEMA
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn router(&self, _: &Platform, _: &Env) -> Result<OpenApiRouter, ConfigError> {
+        Ok(OpenApiRouter::new())
+    }
+
+    fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
+        let market = market_data(platform, env)?;
+        Ok(vec![worker::task(platform, market, worker::WorkerConfig::from_env(env)?)])
     }
 }
 
