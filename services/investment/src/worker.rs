@@ -80,11 +80,13 @@ pub fn task(platform: &Platform, market: Arc<dyn MarketData>, config: WorkerConf
         let (platform, market, config) = (platform.clone(), market.clone(), config.clone());
         async move {
             while !shutdown.is_cancelled() {
+                let started = std::time::Instant::now();
                 let pass = run_once(&platform, market.as_ref(), config.refresh, IsoDate::today()).await?;
                 if pass.refreshed > 0 || pass.announced > 0 {
                     tracing::info!(
                         refreshed = pass.refreshed,
                         announced = pass.announced,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
                         "investment prices refreshed"
                     );
                 }
