@@ -6,12 +6,17 @@
 
 use freedumb_kit::Service;
 
-pub static SERVICES: &[&dyn Service] =
-    &[&freedumb_auth::AuthService, &freedumb_transaction::TransactionService, &freedumb_budget::BudgetService];
+pub static SERVICES: &[&dyn Service] = &[
+    &freedumb_auth::AuthService,
+    &freedumb_transaction::TransactionService,
+    &freedumb_budget::BudgetService,
+    &freedumb_investment::InvestmentService,
+];
 
 /// Background workers: no routes of their own, run with `freedumb worker
 /// NAME` (and by `serve all`). They use the schemas of the services above.
-pub static WORKERS: &[&dyn Service] = &[&freedumb_transaction::RecurringWorker];
+pub static WORKERS: &[&dyn Service] =
+    &[&freedumb_transaction::RecurringWorker, &freedumb_investment::InvestmentPriceWorker];
 
 /// The meta-target that stands for every service.
 pub const ALL: &str = "all";
@@ -92,6 +97,9 @@ mod tests {
     #[test]
     fn an_unknown_target_lists_the_known_ones() {
         let err = names_of(&["ledger"]).unwrap_err();
-        assert!(err.contains("unknown target `ledger`") && err.contains("all, auth, transaction, budget"), "{err}");
+        assert!(
+            err.contains("unknown target `ledger`") && err.contains("all, auth, transaction, budget, investment"),
+            "{err}"
+        );
     }
 }

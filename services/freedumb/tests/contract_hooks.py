@@ -33,7 +33,7 @@ def before_call(ctx, case, **kwargs):
 # currency with the most allows; the currency itself (of the account, or
 # another field) decides the rest.
 CURRENCY_BOUND = ("has more than", "is too large")
-AMOUNT_FIELDS = ("amount", "opening_balance", "target_amount", "min_amount", "max_amount")
+AMOUNT_FIELDS = ("amount", "opening_balance", "target_amount", "min_amount", "max_amount", "fee")
 
 # (operation, status, error code, field or None): why the server is right.
 FALSE_POSITIVES = {
@@ -53,6 +53,12 @@ FALSE_POSITIVES = {
         "a rule starts at most 366 days before today, a bound that moves with the date",
     ("POST /v1/recurring", 422, "validation_failed", "end_date"):
         "the end date is not before the start date",
+    ("POST /v1/portfolios/{id}/activities", 422, "validation_failed", "instrument_id"):
+        "the instrument must be one of the caller's",
+    ("GET /v1/portfolios/{id}/performance", 422, "validation_failed", "to"):
+        "`to` is not before `from`, not after today and within 3,660 days of it: two parameters and the date",
+    ("GET /v1/portfolios/{id}/performance", 422, "validation_failed", "from"):
+        "the period needs the day before `from`, so `from` is after 1900-01-01 (and `to`, the date, bounds it)",
 }
 
 
@@ -78,6 +84,24 @@ MESSAGE_FALSE_POSITIVES = {
         "not a pattern a generator honours without a lookahead",
     ("POST /v1/auth/register", "email", "must be an email address"):
         "`format: email` admits name@localhost and address literals; no one receives mail there",
+    ("POST /v1/portfolios/{id}/activities", "date", "must not be after today"):
+        "an activity is dated today or earlier, a bound that moves with the date",
+    ("POST /v1/portfolios/{id}/activities", "quantity", "is more than is held"):
+        "a sale or transfer out takes at most what the portfolio holds on its date (stored state)",
+    ("POST /v1/portfolios/{id}/activities", "quantity", "leaves the disposal"):
+        "a backdated disposal must leave every later one enough to take (stored state)",
+    ("POST /v1/portfolios/{id}/activities", "unit_price", "quantity × unit_price is more than"):
+        "a product of two fields, bounded by the currency's 10^15 minor units",
+    ("POST /v1/portfolios/{id}/activities", "fee", "must not be more than the sale's gross"):
+        "a sale's fee is at most quantity × unit_price: a rule across three fields",
+    ("POST /v1/portfolios/{id}/activities", "amount", "is more than 10^15 minor units in the base"):
+        "the amount converted at the day's rate into the portfolio's base currency (stored state)",
+    ("POST /v1/portfolios/{id}/activities", "ratio", "makes a lot larger than"):
+        "a split multiplies the open lots, whose size is stored state",
+    ("POST /v1/portfolios/{id}/activities/import", "csv", "row "):
+        "the file's sales must not take more than the portfolio holds (stored state)",
+    ("POST /v1/portfolios/{id}/activities/import", "csv", "the disposal of "):
+        "the file's rows must leave every recorded sale enough to take (stored state)",
 }
 
 # Fields under a prefix: the CSV import's mapping names columns (or
@@ -86,6 +110,8 @@ MESSAGE_FALSE_POSITIVES = {
 PREFIX_FALSE_POSITIVES = {
     ("POST /v1/transactions/import", "mapping."):
         "the mapping must name columns the file has, and either `amount` or `debit`/`credit`",
+    ("POST /v1/portfolios/{id}/activities/import", "mapping."):
+        "the mapping must name columns the file has",
 }
 
 

@@ -11,7 +11,7 @@
 //!   own: its success and the answers whose description says more; those
 //!   keep their description, with the common causes appended.
 //! - Schemas of values many request types carry, so a rule is stated in one
-//!   place: [`Amount`], [`PositiveAmount`], [`NonZeroAmount`],
+//!   place: [`Amount`], [`PositiveAmount`], [`NonZeroAmount`], [`NonNegativeAmount`],
 //!   [`CurrencyCode`]. Fields keep their Rust type and point at the schema
 //!   with `#[schema(value_type = freedumb_kit::openapi::Amount)]`.
 //!
@@ -108,14 +108,20 @@ fn common_causes(operation: &Operation) -> BTreeMap<u16, Vec<&'static str>> {
     let mut add = |status: u16, cause: &'static str| causes.entry(status).or_default().push(cause);
     if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
         add(401, "the access token is missing, malformed, expired or revoked");
-        add(503, "Redis, which holds the ended sign-ins, is unreachable, so no token can be trusted; retry after `Retry-After` seconds");
+        add(
+            503,
+            "Redis, which holds the ended sign-ins, is unreachable, so no token can be trusted; retry after `Retry-After` seconds",
+        );
     }
     let json_body = operation.request_body.as_ref().is_some_and(|b| b.content.keys().any(|c| c == "application/json"));
     if json_body {
         add(400, "the body is not valid JSON");
         add(413, "the body is larger than 10 MiB");
         add(415, "the body's content type is not application/json");
-        add(422, "the body is not a JSON object, or a field is missing, of the wrong type or breaks its rule; `details` names each field");
+        add(
+            422,
+            "the body is not a JSON object, or a field is missing, of the wrong type or breaks its rule; `details` names each field",
+        );
     }
     let parameters = operation.parameters.as_deref().unwrap_or_default();
     if parameters.iter().any(|p| p.parameter_in == ParameterIn::Path) {
@@ -125,7 +131,10 @@ fn common_causes(operation: &Operation) -> BTreeMap<u16, Vec<&'static str>> {
     if parameters.iter().any(|p| p.parameter_in == ParameterIn::Query) {
         add(400, "a query parameter is malformed or out of range");
     }
-    if parameters.iter().any(|p| p.parameter_in == ParameterIn::Header && p.name.eq_ignore_ascii_case("idempotency-key")) {
+    if parameters
+        .iter()
+        .any(|p| p.parameter_in == ParameterIn::Header && p.name.eq_ignore_ascii_case("idempotency-key"))
+    {
         add(400, "the Idempotency-Key header is malformed");
         add(409, "a request with this Idempotency-Key is still in progress");
         add(422, "this Idempotency-Key was used for a request with another body");
@@ -219,6 +228,21 @@ impl PartialSchema for NonZeroAmount {
 }
 
 impl ToSchema for NonZeroAmount {}
+
+/// A decimal amount of zero or more, such as `1.50` (a fee).
+pub struct NonNegativeAmount;
+
+impl PartialSchema for NonNegativeAmount {
+    fn schema() -> RefOr<Schema> {
+        string_schema(
+            amount_pattern("", &format!(r"{WHOLE}(\.[0-9]{{1,3}})?")),
+            &format!("Zero or more. {AMOUNT_RULES}"),
+            "1.50",
+        )
+    }
+}
+
+impl ToSchema for NonNegativeAmount {}
 
 fn string_schema(pattern: String, description: &str, example: &str) -> RefOr<Schema> {
     ObjectBuilder::new()

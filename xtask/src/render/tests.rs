@@ -348,8 +348,11 @@ fn reads(role_and_name: &str) -> Vec<&'static str> {
         "transaction-service" => &["ENCRYPTION_KEY", "RABBITMQ_URL"][..],
         "budget-service" => &["RABBITMQ_URL"][..],
         "ai-service" => &["MONGODB_URL", "OPENAI_API_KEY"][..],
-        "investment-service" => &["MARKET_DATA_API_KEY", "MARKET_DATA_API_URL"][..],
-        "worker-investment-price" => &["MARKET_DATA_API_KEY"][..],
+        // MARKET_DATA_API_KEY and MARKET_DATA_API_URL are optional: without
+        // a key it prices with its offline source (`local`, `test`).
+        "investment-service" => &["RABBITMQ_URL"][..],
+        // Optional too: without a key, the offline simulation.
+        "worker-investment-price" => &[][..],
         "notification-service" => &["RABBITMQ_URL", "SENDGRID_API_KEY", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"][..],
         "worker-notification" => &["RABBITMQ_URL"][..],
         _ => &[][..],

@@ -8,6 +8,8 @@ mod contract;
 mod events;
 mod helpers;
 mod import;
+mod investment_prices;
+mod investments;
 mod ledger;
 mod malformed_input;
 mod observability;
