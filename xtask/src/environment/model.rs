@@ -181,6 +181,11 @@ pub struct Workload {
     pub probes: Probes,
     /// REQUEST_TIMEOUT_SECS for this workload; the platform's when unset.
     pub request_timeout_secs: Option<u32>,
+    /// Whether it calls hosts outside the cluster over HTTPS (the market-data
+    /// provider): Kubernetes then lets it reach public addresses on port 443,
+    /// and only those (never the private ranges, where the cluster is).
+    #[serde(default)]
+    pub internet: bool,
     #[serde(default)]
     pub routes: BTreeMap<String, Route>,
 }

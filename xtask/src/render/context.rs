@@ -210,8 +210,15 @@ pub struct DependsView {
 pub struct EgressView {
     pub name: String,
     pub cidr: String,
+    /// Ranges inside `cidr` that stay closed.
+    pub except: Vec<String>,
     pub port: u16,
 }
+
+/// The private ranges (RFC 1918) and link-local addresses: where a cluster,
+/// its nodes and cloud metadata endpoints live, closed to a workload that may
+/// call the internet.
+const PRIVATE_RANGES: [&str; 4] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"];
 
 #[derive(Debug, Serialize)]
 pub struct BackingView {
@@ -488,17 +495,26 @@ fn workload_view(
         .map(|which| DependsView { service: which.key().to_owned(), condition: "service_healthy" })
         .collect();
     depends_on.push(DependsView { service: "migrate".to_owned(), condition: "service_completed_successfully" });
-    let egress = backings_of
+    let mut egress: Vec<EgressView> = backings_of
         .iter()
         .filter_map(|which| {
             let backing = which.model(environment);
             Some(EgressView {
                 name: which.key().to_owned(),
                 cidr: backing.cidr.clone()?,
+                except: Vec::new(),
                 port: backing.port.unwrap_or(which.kind().default_port),
             })
         })
         .collect();
+    if workload.internet {
+        egress.push(EgressView {
+            name: "internet".to_owned(),
+            cidr: "0.0.0.0/0".to_owned(),
+            except: PRIVATE_RANGES.iter().map(|range| (*range).to_owned()).collect(),
+            port: 443,
+        });
+    }
     let startup = &workload.probes.startup;
     let verb = match role {
         Role::Service => "serve",

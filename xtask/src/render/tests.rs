@@ -786,3 +786,52 @@ fn a_digest_names_every_image_of_ours_wherever_it_runs() {
     assert_eq!(str_at(gateway, &["image"]), Some("ghcr.io/freedumb/freedumb-gateway:dev"));
     assert_eq!(str_at(gateway, &["pull_policy"]), Some("never"));
 }
+
+/// Each NetworkPolicy's egress port 443 rules: (cidr, except), by workload.
+fn https_egress(files: &Files) -> BTreeMap<String, Vec<(String, Vec<String>)>> {
+    let mut egress = BTreeMap::new();
+    for (path, text) in files.iter().filter(|(path, _)| path.starts_with("k8s/")) {
+        for document in documents(path, text).unwrap() {
+            if str_at(&document, &["kind"]) != Some("NetworkPolicy") {
+                continue;
+            }
+            let name = str_at(&document, &["metadata", "name"]).unwrap_or("").to_owned();
+            let rules = at(&document, &["spec", "egress"]).as_sequence().cloned().unwrap_or_default();
+            let https: Vec<(String, Vec<String>)> = rules
+                .iter()
+                .filter(|rule| rule["ports"].as_sequence().is_some_and(|ports| ports.iter().any(|p| p["port"] == 443)))
+                .flat_map(|rule| rule["to"].as_sequence().cloned().unwrap_or_default())
+                .map(|to| {
+                    let block = &to["ipBlock"];
+                    let except = block["except"].as_sequence().cloned().unwrap_or_default();
+                    (
+                        block["cidr"].as_str().unwrap_or("").to_owned(),
+                        except.iter().filter_map(|e| e.as_str().map(str::to_owned)).collect(),
+                    )
+                })
+                .collect();
+            egress.insert(name, https);
+        }
+    }
+    egress
+}
+
+/// The market-data provider is outside the cluster: the investment service
+/// and its price worker may reach public addresses over HTTPS, never the
+/// private ranges, and no other workload may reach the internet at all.
+#[test]
+fn only_the_workloads_that_call_a_provider_reach_the_internet() {
+    let files = render(&root(), &committed("prod"), Upstreams::Deployed).unwrap();
+    let egress = https_egress(&files);
+    let public = vec![(
+        "0.0.0.0/0".to_owned(),
+        ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"].map(str::to_owned).to_vec(),
+    )];
+    assert_eq!(egress["investment-service"], public);
+    assert_eq!(egress["worker-investment-price"], public);
+    for (workload, rules) in &egress {
+        if !workload.contains("investment") {
+            assert!(rules.is_empty(), "{workload} may reach {rules:?} on 443");
+        }
+    }
+}
