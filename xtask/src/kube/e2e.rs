@@ -21,7 +21,27 @@ use crate::scratch::ScratchDir;
 
 const NS: &str = "freedumb";
 const CONTEXT: &str = "freedumb-prod";
-const WORKLOADS: [&str; 4] = ["auth-service", "budget-service", "transaction-service", "worker-recurring"];
+/// Prod's Deployments, in name order (`workloads_are_what_prod_renders`
+/// keeps this list true).
+const WORKLOADS: [&str; 6] = [
+    "auth-service",
+    "budget-service",
+    "investment-service",
+    "transaction-service",
+    "worker-investment-price",
+    "worker-recurring",
+];
+
+#[test]
+fn workloads_are_what_prod_renders() {
+    let mut rendered: Vec<String> = objects(&prod("0.1.0", 'a'))
+        .into_iter()
+        .filter(|o| o.kind == "Deployment")
+        .filter_map(|o| o.value.pointer("/metadata/name").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    rendered.sort();
+    assert_eq!(rendered, WORKLOADS);
+}
 
 /// A digest of 64 `c`s: prod's policy wants images named by digest.
 fn digest(c: char) -> String {
@@ -51,7 +71,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        let server = FakeApiServer::start();
+        Harness::with(super::fake::Config::default())
+    }
+
+    fn with(config: super::fake::Config) -> Harness {
+        let server = FakeApiServer::start_with(config);
         for crd in Crd::ALL {
             server.install_crd(crd);
         }
@@ -201,7 +225,7 @@ fn an_image_change_rolls_every_workload_and_is_waited_for() {
     assert_eq!(outcome.revision, 2);
     let rolled: Vec<String> =
         said.events("rolled_out").iter().map(|(_, e)| e["workload"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(rolled.len(), 4, "{}", said.text());
+    assert_eq!(rolled.len(), WORKLOADS.len(), "{}", said.text());
     for workload in WORKLOADS {
         assert!(harness.image(workload).ends_with(&digest('b')), "{workload}");
         // Rolled out as kubectl means it, when the deploy returned.
@@ -218,7 +242,13 @@ fn an_image_change_rolls_every_workload_and_is_waited_for() {
 /// image and rolled out, and returns how long after the API first showed a
 /// pod of the new image in `reason` the deployer reported the failure.
 fn a_doomed_rollout(behaviour: Behaviour, reason: &str) -> (String, Said, Option<f64>) {
-    let harness = Harness::new();
+    let harness = match behaviour {
+        // The deadline, compressed: the server's default is generous.
+        Behaviour::ProgressDeadline => {
+            Harness::with(super::fake::Config { progress_deadline: Duration::from_secs(3), ..Default::default() })
+        }
+        _ => Harness::new(),
+    };
     harness.deploy(&prod("0.1.0", 'a'));
     let broken = prod("0.1.1", 'b');
     let image = image_of(&objects(&broken));
@@ -475,7 +505,7 @@ fn an_absent_crd_is_named_with_what_installs_it_unless_skipped() {
         harness.deploy_with(&prod("0.1.0", 'a'), Options { skip_missing_crds: true, ..Options::default() });
     outcome.unwrap_or_else(|err| panic!("{err:#}\n{}", said.text()));
     assert!(said.text().contains("left out: ServiceMonitor.monitoring.coreos.com"), "{}", said.text());
-    assert_eq!(harness.server.list("Deployment", NS).len(), 4);
+    assert_eq!(harness.server.list("Deployment", NS).len(), WORKLOADS.len());
 }
 
 /// A gateway that answers every request with a 503, and counts them.
