@@ -4,7 +4,8 @@
 //!   queries, paths, headers) the kit's rule against control characters
 //!   ([`crate::text`]), unless its schema already has a pattern, a format or
 //!   an enum; and it adds to each operation the error answers it can give
-//!   because of what it is: protected (401), taking a JSON body (400, 413,
+//!   because of what it is: protected (401, and 503 while Redis cannot say
+//!   whether the token's sign-in has ended), taking a JSON body (400, 413,
 //!   415, 422), naming a resource in its path (400, 404), taking a query
 //!   (400), honouring `Idempotency-Key` (400, 409, 422), and what any request
 //!   can meet (408, 500). A handler's `#[utoipa::path]` lists only what is its
