@@ -575,10 +575,10 @@ impl Verify {
         };
         eprintln!("==> verification failed; rolling `{}` back", environment.name);
         match roll_back() {
-            Ok(()) => Err(breach.context(format!(
-                "`{}` failed verification against {url} and was rolled back",
-                environment.name
-            ))),
+            Ok(()) => {
+                Err(breach
+                    .context(format!("`{}` failed verification against {url} and was rolled back", environment.name)))
+            }
             Err(rollback) => Err(breach.context(format!(
                 "`{}` failed verification against {url}, and so did its rollback: {rollback:#}",
                 environment.name

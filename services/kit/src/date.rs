@@ -19,8 +19,8 @@ use std::fmt;
 
 use chrono::{Datelike, Days, NaiveDate};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::{PartialSchema, ToSchema};
 
 /// The first date the API accepts or emits.
@@ -156,7 +156,9 @@ mod tests {
 
     #[test]
     fn other_forms_are_refused() {
-        for text in ["2026-1-1", "+10000-01-01", "-0001-01-01", "10000-01-01", " 2026-01-01", "2026/01/01", "２０２６-01-01"] {
+        for text in
+            ["2026-1-1", "+10000-01-01", "-0001-01-01", "10000-01-01", " 2026-01-01", "2026/01/01", "２０２６-01-01"]
+        {
             assert_eq!(IsoDate::parse(text), Err(DateError::Form), "{text}");
         }
     }

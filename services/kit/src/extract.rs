@@ -197,9 +197,8 @@ pub(crate) fn api_terms(message: &str) -> String {
             ("f32", "a number"),
             ("a borrowed string", "a string"),
         ];
-        if let Some((word, replacement)) = primitive
-            .iter()
-            .find(|(w, _)| rest.starts_with(w) && at_word_start(&out) && at_word_end(&rest[w.len()..]))
+        if let Some((word, replacement)) =
+            primitive.iter().find(|(w, _)| rest.starts_with(w) && at_word_start(&out) && at_word_end(&rest[w.len()..]))
         {
             out.push_str(replacement);
             rest = &rest[word.len()..];
@@ -440,8 +439,9 @@ where
                 .filter_map(|(name, value)| text::check_line(value).err().map(|m| FieldError::new(name, m)))
                 .collect();
             if !bad.is_empty() {
-                return Err(ApiError::bad_request("invalid_path_parameter", "a path parameter is malformed")
-                    .with_details(bad));
+                return Err(
+                    ApiError::bad_request("invalid_path_parameter", "a path parameter is malformed").with_details(bad)
+                );
             }
         }
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
@@ -578,12 +578,18 @@ mod tests {
                 assert!(!message.contains(rust), "{message}");
             }
         }
-        assert_eq!(api_terms("invalid type: sequence, expected struct CreateAccount with 5 elements"),
-            "invalid type: an array, expected an object");
-        assert_eq!(api_terms("invalid value: integer `-1`, expected u32"),
-            "invalid value: integer `-1`, expected a non-negative integer");
-        assert_eq!(api_terms("data did not match any variant of untagged enum Column"),
-            "does not match any of the accepted forms");
+        assert_eq!(
+            api_terms("invalid type: sequence, expected struct CreateAccount with 5 elements"),
+            "invalid type: an array, expected an object"
+        );
+        assert_eq!(
+            api_terms("invalid value: integer `-1`, expected u32"),
+            "invalid value: integer `-1`, expected a non-negative integer"
+        );
+        assert_eq!(
+            api_terms("data did not match any variant of untagged enum Column"),
+            "does not match any of the accepted forms"
+        );
     }
 
     #[test]

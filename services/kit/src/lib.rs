@@ -36,9 +36,9 @@ mod ops;
 pub mod server;
 pub mod service;
 pub mod telemetry;
-pub mod text;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod text;
 
 pub use error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors};
 pub use service::{Platform, Service};

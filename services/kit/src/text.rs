@@ -24,8 +24,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::{PartialSchema, ToSchema};
 
 /// What a string field may never contain, whatever its type.
@@ -184,11 +184,8 @@ string_impls!(Text<const MAX: usize>);
 
 impl<const MIN: usize, const MAX: usize> PartialSchema for Line<MIN, MAX> {
     fn schema() -> RefOr<Schema> {
-        let pattern = if MIN == 0 {
-            format!("^{LINE_CHARS}*$")
-        } else {
-            format!("^{LINE_CHARS}*{LINE_NONSPACE}{LINE_CHARS}*$")
-        };
+        let pattern =
+            if MIN == 0 { format!("^{LINE_CHARS}*$") } else { format!("^{LINE_CHARS}*{LINE_NONSPACE}{LINE_CHARS}*$") };
         ObjectBuilder::new()
             .schema_type(Type::String)
             .min_length(Some(MIN))

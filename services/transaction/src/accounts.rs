@@ -174,12 +174,11 @@ async fn create_account(
             .map(Some)
             .ok_or_else(|| FieldError::new("account_number", "must be 4 to 34 letters and digits")),
     };
-    let errors: Vec<FieldError> =
-        [currency.as_ref().err(), opening.as_ref().err(), number.as_ref().err()]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+    let errors: Vec<FieldError> = [currency.as_ref().err(), opening.as_ref().err(), number.as_ref().err()]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
     let (Ok(currency), Ok(opening), Ok(number)) = (currency, opening, number) else {
         return Err(ApiError::validation(errors));
     };

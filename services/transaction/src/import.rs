@@ -15,8 +15,8 @@ use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::NaiveDate;
-use freedumb_kit::date::IsoDate;
 use freedumb_kit::auth::AuthUser;
+use freedumb_kit::date::IsoDate;
 use freedumb_kit::extract::Json;
 use freedumb_kit::idempotency::{self, IdempotencyKey};
 use freedumb_kit::money::{AmountError, Currency};
@@ -290,7 +290,10 @@ fn parse_file(req: &ImportRequest, currency: Currency) -> ApiResult<(Vec<ParsedR
         let date = match cell(date_col).map(|d| NaiveDate::parse_from_str(d, date_format)) {
             Some(Ok(date)) if IsoDate::new(date).is_some() => date,
             Some(Ok(date)) => {
-                rejections.push(Rejection { row, reason: format!("the date {date} is not between 1900-01-01 and 9999-12-31") });
+                rejections.push(Rejection {
+                    row,
+                    reason: format!("the date {date} is not between 1900-01-01 and 9999-12-31"),
+                });
                 continue;
             }
             Some(Err(_)) => {

@@ -13,13 +13,13 @@ use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, NaiveDate, Utc};
-use freedumb_kit::date::IsoDate;
-use freedumb_kit::text::Line;
 use freedumb_kit::auth::AuthUser;
+use freedumb_kit::date::IsoDate;
 use freedumb_kit::db::Tx;
 use freedumb_kit::extract::{Json, Path, Query};
 use freedumb_kit::idempotency::{self, IdempotencyKey};
 use freedumb_kit::money::Currency;
+use freedumb_kit::text::Line;
 use freedumb_kit::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors};
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
@@ -451,11 +451,8 @@ async fn create_transaction(
 fn validate_new(req: &CreateTransaction, currency: Currency) -> ApiResult<NewTransaction> {
     let amount = parse_amount("amount", currency, &req.amount);
     let tags = parse_tags(&req.tags);
-    let mut errors: Vec<FieldError> = [amount.as_ref().err(), tags.as_ref().err()]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect();
+    let mut errors: Vec<FieldError> =
+        [amount.as_ref().err(), tags.as_ref().err()].into_iter().flatten().cloned().collect();
     if req.category_id.is_some() && !req.splits.is_empty() {
         errors.push(FieldError::new("category_id", "a split transaction takes its categories from its splits"));
     }

@@ -143,7 +143,8 @@ async fn a_rule_starts_at_most_a_year_ago() {
     let account = app.account(&user, "USD", "0").await;
     let today = Utc::now().date_naive();
     let days_ago = |days| today.checked_sub_days(Days::new(days)).unwrap().to_string();
-    let rule = |start: String| json!({"account_id": account["id"], "amount": "-1", "frequency": "daily", "start_date": start});
+    let rule =
+        |start: String| json!({"account_id": account["id"], "amount": "-1", "frequency": "daily", "start_date": start});
     // Year 0 once made the worker create ~740,000 occurrences.
     for start in ["0000-01-01".to_owned(), "1900-01-01".to_owned(), days_ago(367)] {
         let body = error_body(app.send(&user, "POST", "/v1/recurring", Some(rule(start.clone()))).await, 422).await;
@@ -161,8 +162,13 @@ async fn a_catch_up_after_a_long_outage_creates_at_most_a_year_of_occurrences() 
     let account = app.account(&user, "USD", "0").await;
     let today = Utc::now().date_naive();
     let rule = app
-        .ok(&user, "POST", "/v1/recurring", Some(json!({"account_id": account["id"], "amount": "-1",
-            "frequency": "daily", "start_date": today.to_string()})))
+        .ok(
+            &user,
+            "POST",
+            "/v1/recurring",
+            Some(json!({"account_id": account["id"], "amount": "-1",
+            "frequency": "daily", "start_date": today.to_string()})),
+        )
         .await;
     let later = today.checked_add_days(Days::new(3 * 365)).unwrap();
     let platform = crate::helpers::platform_for(&app.db.url);
@@ -174,12 +180,11 @@ async fn a_catch_up_after_a_long_outage_creates_at_most_a_year_of_occurrences() 
     let rule = app.ok(&user, "GET", &format!("/v1/recurring/{}", rule["id"].as_str().unwrap()), None).await;
     assert_eq!(rule["next_occurrence"], later.succ_opt().unwrap().to_string());
     let mut conn = sqlx::Connection::connect(&app.db.url).await.map(|c: sqlx::PgConnection| c).unwrap();
-    let (count, first): (i64, chrono::NaiveDate) = sqlx::query_as(
-        "SELECT count(*), min(date) FROM ledger.transactions WHERE recurring_rule_id IS NOT NULL",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
+    let (count, first): (i64, chrono::NaiveDate) =
+        sqlx::query_as("SELECT count(*), min(date) FROM ledger.transactions WHERE recurring_rule_id IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
     assert_eq!(count, 367, "the window's occurrences, no more");
     assert_eq!(first, later.checked_sub_days(Days::new(366)).unwrap());
 }
