@@ -59,6 +59,21 @@ pub trait Service: Send + Sync + 'static {
         let _ = (platform, env);
         Ok(Vec::new())
     }
+
+    /// The queues its consumers read, so `freedumb replay --to NAME` knows
+    /// which events go where. Build the consumers from the same constants.
+    fn subscriptions(&self) -> &'static [crate::events::Subscription] {
+        &[]
+    }
+
+    /// Its current state as events (see `events::replay`): for each thing it
+    /// owns, the live event that carries its whole state, read from its own
+    /// schema. A producer implements it so that a consumer started late
+    /// converges; the default has nothing to tell.
+    fn snapshot<'a>(&'a self, db: &'a Db) -> crate::events::SnapshotStream<'a> {
+        let _ = db;
+        Box::pin(futures::stream::empty())
+    }
 }
 
 type StartFn = dyn FnMut(CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send;

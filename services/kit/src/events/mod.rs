@@ -56,6 +56,7 @@
 mod consumer;
 mod outbox;
 mod relay;
+mod replay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,7 @@ pub use consumer::{ATTEMPT_HEADER, Consumer, ConsumerConfig, EventHandler, Handl
 pub(crate) use outbox::create_tables;
 pub use outbox::record;
 pub use relay::{Relay, RelayConfig};
+pub use replay::{SnapshotEvent, SnapshotStream, Subscription, binding_matches};
 
 /// The topic exchange every service publishes its events to.
 pub const EXCHANGE: &str = "freedumb.events";
