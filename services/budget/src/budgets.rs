@@ -26,7 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::period::Period;
+use freedumb_kit::period::Period;
 use crate::{BudgetState, SCHEMA, fingerprint, stored_date, summary};
 
 pub(crate) fn router() -> OpenApiRouter<BudgetState> {

@@ -10,7 +10,6 @@
 mod budgets;
 pub mod categories;
 mod goals;
-mod period;
 pub mod spending;
 mod summary;
 

@@ -15,7 +15,6 @@ pub mod category_events;
 pub mod events;
 mod import;
 mod recurring;
-mod schedule;
 mod transactions;
 
 use std::sync::Arc;

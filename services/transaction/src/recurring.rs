@@ -31,7 +31,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::accounts::{BALANCE_CACHE, parse_amount};
-use crate::schedule::{Frequency, Schedule};
+use freedumb_kit::schedule::{Frequency, Schedule};
 use crate::text::{Description, Payee, Tag};
 use crate::{Ledger, SCHEMA, categories, events, fingerprint, optional_text, transactions};
 
