@@ -12,9 +12,10 @@
 //! analytics, which sets them against spending, must cut the same periods.
 
 use chrono::{Datelike, Days, Months, NaiveDate};
-use crate::date::IsoDate;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::date::IsoDate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
 #[serde(rename_all = "snake_case")]

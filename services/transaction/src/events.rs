@@ -89,7 +89,10 @@ pub async fn changed(conn: &mut PgConnection, kind: &'static str, ids: &[Uuid]) 
 enum Which<'a> {
     Ids(&'a [Uuid]),
     /// A page of the snapshot: the first `limit` after `after`, in id order.
-    After { after: Option<Uuid>, limit: i64 },
+    After {
+        after: Option<Uuid>,
+        limit: i64,
+    },
 }
 
 #[derive(sqlx::FromRow)]
@@ -123,8 +126,10 @@ async fn states(conn: &mut PgConnection, which: Which<'_>) -> anyhow::Result<Vec
             .await
             .context("failed to read transactions for their events")?,
         Which::After { after, limit } => {
-            sqlx::query_as(&format!("{SELECT} WHERE $1::uuid IS NULL OR t.id > $1 ORDER BY t.id LIMIT $2"))
-                .bind(after)
+            // The nil id sorts before every real one; a plain `t.id > $1`
+            // lets each page start where the last ended in the primary key.
+            sqlx::query_as(&format!("{SELECT} WHERE t.id > $1 ORDER BY t.id LIMIT $2"))
+                .bind(after.unwrap_or(Uuid::nil()))
                 .bind(limit)
                 .fetch_all(&mut *conn)
                 .await
