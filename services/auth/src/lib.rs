@@ -6,9 +6,12 @@
 //! token family), and logout or a reused refresh token records the end of
 //! that sign-in in Redis, where every service checks it. Refresh tokens are
 //! opaque and rotate on every use (see [`refresh_tokens`]). Logins are
-//! throttled (see [`throttle`]).
+//! throttled (see [`throttle`]). A registration records `user.registered` in
+//! `auth.outbox` in its transaction (see [`events`]), which the service's
+//! relay publishes.
 
 mod credentials;
+pub mod events;
 mod password_hash;
 mod refresh_tokens;
 mod routes;
@@ -21,6 +24,9 @@ use axum::extract::FromRef;
 use freedumb_kit::auth::JwtKeys;
 use freedumb_kit::client_ip::TrustedProxies;
 use freedumb_kit::config::{ConfigError, Env};
+use freedumb_kit::db::Db;
+use freedumb_kit::events::{Bus, Relay, SnapshotStream};
+use freedumb_kit::service::BackgroundTask;
 use freedumb_kit::{Platform, Service};
 use sqlx::migrate::Migrator;
 use utoipa_axum::router::OpenApiRouter;
@@ -28,6 +34,9 @@ use utoipa_axum::router::OpenApiRouter;
 pub use credentials::{Email, Password};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The Postgres schema this service owns.
+pub const SCHEMA: &str = "auth";
 
 /// The auth service module.
 pub struct AuthService;
@@ -42,7 +51,7 @@ impl Service for AuthService {
     }
 
     fn schema(&self) -> &'static str {
-        "auth"
+        SCHEMA
     }
 
     fn migrator(&self) -> &'static Migrator {
@@ -58,6 +67,17 @@ impl Service for AuthService {
             settings: Arc::new(settings),
         };
         Ok(routes::router(state))
+    }
+
+    /// The relay that publishes `auth.outbox` (`user.registered`).
+    fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
+        let bus = Bus::from_env(env, platform)?;
+        Ok(vec![Relay::new(platform.db.clone(), SCHEMA, &bus).into_task()])
+    }
+
+    /// One `user.registered` per user.
+    fn snapshot<'a>(&'a self, db: &'a Db) -> SnapshotStream<'a> {
+        events::snapshot(db)
     }
 }
 

@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::credentials::{Email, Password};
-use crate::{AuthState, password_hash, refresh_tokens};
+use crate::{AuthState, events, password_hash, refresh_tokens};
 
 pub(crate) fn router(state: AuthState) -> OpenApiRouter {
     OpenApiRouter::new()
@@ -43,9 +43,9 @@ pub struct RegisterRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct User {
-    id: Uuid,
-    email: String,
-    created_at: DateTime<Utc>,
+    pub(crate) id: Uuid,
+    pub(crate) email: String,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 /// Creates an account.
@@ -69,6 +69,9 @@ async fn register(
         }
     };
     let password_hash = password_hash::hash(password.expose().to_owned()).await?;
+    // Begun after the hash, which takes a while, so no connection is held
+    // idle across it.
+    let mut tx = state.platform.db.begin().await.context("failed to begin a registration")?;
     let user: Option<User> = sqlx::query_as(
         "INSERT INTO auth.users (id, email, password_hash) VALUES ($1, $2, $3)
          ON CONFLICT (email) DO NOTHING
@@ -77,10 +80,14 @@ async fn register(
     .bind(Uuid::now_v7())
     .bind(email.as_str())
     .bind(password_hash)
-    .fetch_optional(&state.platform.db.pool)
+    .fetch_optional(tx.conn())
     .await
     .context("failed to insert a user")?;
     let user = user.ok_or_else(|| ApiError::conflict("email_taken", "an account with this email already exists"))?;
+    // In the same transaction: the account exists if and only if others
+    // hear of it.
+    events::registered(tx.conn(), &user).await?;
+    tx.commit().await.context("failed to commit a registration")?;
     tracing::info!(user_id = %user.id, "account registered");
     Ok((StatusCode::CREATED, Json(user)))
 }

@@ -5,7 +5,8 @@
 //! current (see `spending`). A budget on a parent category counts its
 //! subcategories too. Only transactions in the budget's currency count.
 //! With rollover, what was left (or overspent) in earlier periods since the
-//! budget began is added to this period's amount.
+//! budget began is added to this period's amount. Each change records its
+//! `budget.*` event (see `budget_events`) in its transaction.
 
 use std::time::Duration;
 
@@ -26,8 +27,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::period::Period;
-use crate::{BudgetState, SCHEMA, fingerprint, stored_date, summary};
+use freedumb_kit::period::Period;
+
+use crate::{BudgetState, SCHEMA, budget_events, fingerprint, stored_date, summary};
 
 pub(crate) fn router() -> OpenApiRouter<BudgetState> {
     OpenApiRouter::new().routes(routes!(create_budget, list_budgets)).routes(routes!(
@@ -161,8 +163,14 @@ pub(crate) async fn status(conn: &mut PgConnection, row: &BudgetRow, date: IsoDa
     })
 }
 
-const SELECT: &str =
-    "SELECT id, user_id, category_id, currency, amount, period, rollover, starts_on, created_at FROM budget.budgets";
+macro_rules! select {
+    () => {
+        "SELECT id, user_id, category_id, currency, amount, period, rollover, starts_on, created_at FROM budget.budgets"
+    };
+}
+const SELECT: &str = select!();
+/// Every budget, for the snapshot: the rows the live events are built from.
+pub(crate) const SELECT_ALL_BY_ID: &str = concat!(select!(), " ORDER BY id");
 
 async fn find(conn: &mut PgConnection, user_id: Uuid, id: Uuid) -> ApiResult<BudgetRow> {
     sqlx::query_as(&format!("{SELECT} WHERE id = $1 AND user_id = $2"))
@@ -281,6 +289,7 @@ async fn create_budget(
             }
             summary::bump(tx.conn(), user.user_id).await?;
             let row = find(tx.conn(), user.user_id, id).await?;
+            budget_events::changed(tx.conn(), budget_events::CREATED, &row).await?;
             crate::spending::check_thresholds(tx.conn(), &row, today).await?;
             let status = status(tx.conn(), &row, today).await?;
             Ok((StatusCode::CREATED, serde_json::to_value(status).context("serialise")?))
@@ -396,6 +405,7 @@ async fn update_budget(
         .context("failed to update a budget")?;
     summary::bump(tx.conn(), user.user_id).await?;
     let row = find(tx.conn(), user.user_id, id).await?;
+    budget_events::changed(tx.conn(), budget_events::UPDATED, &row).await?;
     // A smaller budget can cross a threshold without any new spending.
     crate::spending::check_thresholds(tx.conn(), &row, today).await?;
     let status = status(tx.conn(), &row, today).await?;
@@ -422,6 +432,7 @@ async fn delete_budget(
         return Err(ApiError::not_found("no such budget"));
     }
     summary::bump(tx.conn(), user.user_id).await?;
+    budget_events::deleted(tx.conn(), id, user.user_id).await?;
     tx.commit().await.context("failed to commit")?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,13 +4,13 @@
 //! It never reads the transaction service's tables. Spending reaches it as
 //! `transaction.*` events through RabbitMQ (see [`spending`]), the users'
 //! categories as `category.*` events (see [`categories`]), and it announces
-//! `budget.threshold_crossed` and `goal.reached` the same way, through its
-//! own outbox.
+//! `budget.threshold_crossed`, `goal.reached` and its budgets' changes
+//! (`budget.created|updated|deleted`) the same way, through its own outbox.
 
+pub mod budget_events;
 mod budgets;
 pub mod categories;
 mod goals;
-mod period;
 pub mod spending;
 mod summary;
 
@@ -19,7 +19,8 @@ use chrono::NaiveDate;
 use freedumb_kit::auth::JwtKeys;
 use freedumb_kit::config::{ConfigError, Env};
 use freedumb_kit::date::IsoDate;
-use freedumb_kit::events::{Bus, Consumer, Relay};
+use freedumb_kit::db::Db;
+use freedumb_kit::events::{Bus, Consumer, Relay, SnapshotStream, Subscription};
 use freedumb_kit::idempotency::fingerprint;
 use freedumb_kit::service::BackgroundTask;
 use freedumb_kit::{Platform, Service};
@@ -34,6 +35,12 @@ pub const SCHEMA: &str = "budget";
 /// The purpose of the consumer of `transaction.*`: its queue is
 /// `<exchange>.<deployment>.budget.transactions`.
 pub const SPENDING_QUEUE: &str = "budget.transactions";
+
+/// The queues the service consumes; its consumers are built from these, and
+/// `freedumb replay --to budget` reads them to know what goes where.
+pub const SUBSCRIPTIONS: &[Subscription] = &[SPENDING, CATEGORIES];
+const SPENDING: Subscription = Subscription { purpose: SPENDING_QUEUE, bindings: &["transaction.*"] };
+const CATEGORIES: Subscription = Subscription { purpose: categories::CATEGORIES_QUEUE, bindings: &["category.*"] };
 
 pub use goals::GOAL_REACHED;
 pub use spending::THRESHOLD_CROSSED;
@@ -67,17 +74,26 @@ impl Service for BudgetService {
         // sharing a broker never take each other's events.
         let bus = Bus::from_env(env, platform)?;
         let spending =
-            Consumer::new(platform.db.clone(), SCHEMA, &bus, SPENDING_QUEUE, &["transaction.*"], spending::Spending);
+            Consumer::new(platform.db.clone(), SCHEMA, &bus, SPENDING.purpose, SPENDING.bindings, spending::Spending);
         let categories = Consumer::new(
             platform.db.clone(),
             SCHEMA,
             &bus,
-            categories::CATEGORIES_QUEUE,
-            &["category.*"],
+            CATEGORIES.purpose,
+            CATEGORIES.bindings,
             categories::Categories,
         );
         let relay = Relay::new(platform.db.clone(), SCHEMA, &bus);
         Ok(vec![spending.into_task(), categories.into_task(), relay.into_task()])
+    }
+
+    fn subscriptions(&self) -> &'static [Subscription] {
+        SUBSCRIPTIONS
+    }
+
+    /// One `budget.created` per budget.
+    fn snapshot<'a>(&'a self, db: &'a Db) -> SnapshotStream<'a> {
+        budget_events::snapshot(db)
     }
 }
 

@@ -36,7 +36,8 @@ use chrono::NaiveDate;
 use freedumb_kit::auth::JwtKeys;
 use freedumb_kit::config::{ConfigError, Env};
 use freedumb_kit::date::IsoDate;
-use freedumb_kit::events::{Bus, Relay};
+use freedumb_kit::db::Db;
+use freedumb_kit::events::{Bus, Relay, SnapshotStream};
 use freedumb_kit::service::BackgroundTask;
 use freedumb_kit::{Platform, Service};
 use sqlx::migrate::Migrator;
@@ -86,6 +87,12 @@ impl Service for InvestmentService {
     fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
         let bus = Bus::from_env(env, platform)?;
         Ok(vec![Relay::new(platform.db.clone(), SCHEMA, &bus).into_task()])
+    }
+
+    /// One `investment.valuation_changed` per stored valuation (the price
+    /// worker's, which announced each once).
+    fn snapshot<'a>(&'a self, db: &'a Db) -> SnapshotStream<'a> {
+        worker::snapshot(db)
     }
 }
 

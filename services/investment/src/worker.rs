@@ -30,8 +30,11 @@ use chrono::NaiveDate;
 use freedumb_kit::Platform;
 use freedumb_kit::config::{ConfigError, Env};
 use freedumb_kit::date::IsoDate;
+use freedumb_kit::db::Db;
+use freedumb_kit::events::{SnapshotEvent, SnapshotStream};
 use freedumb_kit::money::Currency;
 use freedumb_kit::service::{BackgroundTask, CancellationToken};
+use futures::StreamExt;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -213,6 +216,51 @@ struct ValuationChanged<'a> {
     unrealised_gain_minor: i64,
 }
 
+/// A stored valuation (an `investment.valuations` row with its portfolio's
+/// owner and base currency), what the payload is built from.
+#[derive(Debug, sqlx::FromRow)]
+struct Valuation {
+    portfolio_id: Uuid,
+    user_id: Uuid,
+    date: NaiveDate,
+    base_currency: String,
+    market_value_minor: i64,
+    cost_minor: i64,
+}
+
+impl<'a> ValuationChanged<'a> {
+    /// The one builder of the payload, for the live event and the snapshot.
+    fn of(valuation: &'a Valuation) -> Self {
+        ValuationChanged {
+            version: 1,
+            portfolio_id: valuation.portfolio_id,
+            user_id: valuation.user_id,
+            date: valuation.date,
+            base_currency: &valuation.base_currency,
+            market_value_minor: valuation.market_value_minor,
+            cost_minor: valuation.cost_minor,
+            unrealised_gain_minor: valuation.market_value_minor - valuation.cost_minor,
+        }
+    }
+}
+
+/// One `investment.valuation_changed` per stored valuation, streamed in
+/// (portfolio, date) order.
+pub(crate) fn snapshot(db: &Db) -> SnapshotStream<'_> {
+    sqlx::query_as::<_, Valuation>(
+        "SELECT v.portfolio_id, p.user_id, v.date, p.base_currency,
+                v.market_value_base_minor AS market_value_minor, v.cost_base_minor AS cost_minor
+         FROM investment.valuations v JOIN investment.portfolios p ON p.id = v.portfolio_id
+         ORDER BY v.portfolio_id, v.date",
+    )
+    .fetch(&db.pool)
+    .map(|valuation| {
+        let valuation = valuation.context("failed to read a valuation for the snapshot")?;
+        SnapshotEvent::new(VALUATION_CHANGED, &ValuationChanged::of(&valuation))
+    })
+    .boxed()
+}
+
 #[derive(Debug, sqlx::FromRow)]
 struct HeldLot {
     open_quantity: String,
@@ -293,16 +341,15 @@ async fn announce(platform: &Platform, market: &dyn MarketData, today: IsoDate) 
         .context("failed to store a valuation")?
         .rows_affected();
         if inserted == 1 {
-            let event = ValuationChanged {
-                version: 1,
+            let valuation = Valuation {
                 portfolio_id,
                 user_id,
                 date: today.get(),
-                base_currency: base.code(),
+                base_currency: base.code().to_owned(),
                 market_value_minor: value,
                 cost_minor: cost,
-                unrealised_gain_minor: value - cost,
             };
+            let event = ValuationChanged::of(&valuation);
             freedumb_kit::events::record(tx.conn(), SCHEMA, VALUATION_CHANGED, &event).await?;
             announced += 1;
         }

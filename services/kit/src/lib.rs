@@ -8,6 +8,7 @@
 //! - [`error`] and [`extract`]: the one error shape, and extractors that use it.
 //! - [`money`]: exact amounts in minor units, ISO 4217 currencies.
 //! - [`text`] and [`date`]: the text and dates a request may carry (no control characters; `YYYY-MM-DD` in 1900–9999).
+//! - [`schedule`] and [`period`]: calendar arithmetic of recurring rules and budget periods, shared by their owners and analytics.
 //! - [`idempotency`]: `Idempotency-Key` handling for POST requests.
 //! - [`auth`]: access tokens and the [`auth::AuthUser`] extractor.
 //! - [`client_ip`]: the client's address through trusted proxies.
@@ -33,6 +34,8 @@ pub mod money;
 pub mod observe;
 pub mod openapi;
 mod ops;
+pub mod period;
+pub mod schedule;
 pub mod server;
 pub mod service;
 pub mod telemetry;

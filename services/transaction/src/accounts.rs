@@ -4,6 +4,8 @@
 //! account's transactions, computed by Postgres, so it is right under
 //! concurrent writes by construction. Reads of one account go through a
 //! versioned Redis cache (`balance`) that every write to the account bumps.
+//! Every change records its `account.*` event (see `account_events`) in
+//! its transaction.
 
 use std::time::Duration;
 
@@ -23,6 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::account_events;
 use crate::account_number::{self, Cipher};
 use crate::text::AccountName;
 use crate::{Ledger, SCHEMA, fingerprint};
@@ -206,6 +209,7 @@ async fn create_account(
             .execute(tx.conn())
             .await
             .context("failed to insert an account")?;
+            account_events::changed(tx.conn(), account_events::CREATED, id).await?;
             let account = find(tx.conn(), user.user_id, id).await?.into_account()?;
             Ok((StatusCode::CREATED, serde_json::to_value(account).context("serialise")?))
         })
@@ -333,6 +337,7 @@ async fn update_account(
     if let Some(number) = number {
         set_number(tx.conn(), &state.cipher, id, number.as_deref()).await?;
     }
+    account_events::changed(tx.conn(), account_events::UPDATED, id).await?;
     let account = find(tx.conn(), user.user_id, id).await?.into_account()?;
     tx.commit().await.context("failed to commit")?;
     changed(&state, user.user_id, &[id]).await;
@@ -356,7 +361,7 @@ async fn set_number(conn: &mut PgConnection, cipher: &Cipher, id: Uuid, number: 
 
 async fn set_archived(state: &Ledger, user: AuthUser, id: Uuid, archived: bool) -> ApiResult<Json<Account>> {
     let mut tx = state.platform.db.begin().await.context("failed to begin")?;
-    find(tx.conn(), user.user_id, id).await?;
+    let was_archived = find(tx.conn(), user.user_id, id).await?.archived_at.is_some();
     sqlx::query(
         "UPDATE ledger.accounts SET archived_at = CASE WHEN $3 THEN COALESCE(archived_at, now()) END, updated_at = now()
          WHERE id = $1 AND user_id = $2",
@@ -367,6 +372,13 @@ async fn set_archived(state: &Ledger, user: AuthUser, id: Uuid, archived: bool) 
     .execute(tx.conn())
     .await
     .context("failed to archive an account")?;
+    // Archiving an archived account (or bringing back one that is not)
+    // changes nothing, and says nothing.
+    match (was_archived, archived) {
+        (false, true) => account_events::changed(tx.conn(), account_events::ARCHIVED, id).await?,
+        (true, false) => account_events::changed(tx.conn(), account_events::UPDATED, id).await?,
+        _ => {}
+    }
     let account = find(tx.conn(), user.user_id, id).await?.into_account()?;
     tx.commit().await.context("failed to commit")?;
     changed(state, user.user_id, &[id]).await;

@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::text::CategoryName;
-use crate::{Ledger, SCHEMA, category_events, fingerprint};
+use crate::{Ledger, SCHEMA, category_events, fingerprint, recurring_events};
 
 pub(crate) fn router() -> OpenApiRouter<Ledger> {
     OpenApiRouter::new()
@@ -293,12 +293,14 @@ async fn merge_category(
         }
         other => other.context("failed to move subcategories")?,
     };
+    let rules = rules_on(tx.conn(), id).await?;
     sqlx::query("DELETE FROM ledger.categories WHERE id = $1")
         .bind(id)
         .execute(tx.conn())
         .await
         .context("failed to delete a category")?;
     category_events::merged(tx.conn(), user.user_id, id, req.into).await?;
+    rules_changed(tx.conn(), &rules).await?;
     tx.commit().await.context("failed to commit")?;
     Ok(Json(target))
 }
@@ -311,6 +313,7 @@ async fn merge_category(
 async fn delete_category(State(state): State<Ledger>, user: AuthUser, Path(id): Path<Uuid>) -> ApiResult<StatusCode> {
     let mut tx = state.platform.db.begin().await.context("failed to begin")?;
     find(tx.conn(), user.user_id, id).await?;
+    let rules = rules_on(tx.conn(), id).await?;
     let deleted = sqlx::query("DELETE FROM ledger.categories WHERE id = $1").bind(id).execute(tx.conn()).await;
     match deleted {
         Err(err) if err.as_database_error().is_some_and(|e| e.is_foreign_key_violation()) => {
@@ -319,6 +322,27 @@ async fn delete_category(State(state): State<Ledger>, user: AuthUser, Path(id): 
         other => other.context("failed to delete a category")?,
     };
     category_events::deleted(tx.conn(), user.user_id, id).await?;
+    rules_changed(tx.conn(), &rules).await?;
     tx.commit().await.context("failed to commit")?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The recurring rules on a category, which its deletion uncategorises
+/// (`ON DELETE SET NULL`).
+async fn rules_on(conn: &mut PgConnection, category_id: Uuid) -> anyhow::Result<Vec<Uuid>> {
+    sqlx::query_scalar("SELECT id FROM ledger.recurring_rules WHERE category_id = $1 ORDER BY id")
+        .bind(category_id)
+        .fetch_all(conn)
+        .await
+        .context("failed to find the recurring rules on a category")
+}
+
+/// A rule's `recurring.updated` after its category went: its whole state
+/// changed (`category_id` is now null), which the category event alone
+/// does not say.
+async fn rules_changed(conn: &mut PgConnection, rules: &[Uuid]) -> anyhow::Result<()> {
+    for rule in rules {
+        recurring_events::changed(conn, recurring_events::UPDATED, *rule).await?;
+    }
+    Ok(())
 }

@@ -11,6 +11,10 @@
 //! the reference; the migration `*_category_events.sql` writes
 //! `category.created` in SQL too (the backfill) and must stay in step.
 
+use anyhow::Context;
+use freedumb_kit::db::Db;
+use freedumb_kit::events::{SnapshotEvent, SnapshotStream};
+use futures::StreamExt;
 use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -34,6 +38,13 @@ pub struct Created<'a> {
     pub user_id: Uuid,
     pub name: &'a str,
     pub parent_id: Option<Uuid>,
+}
+
+impl<'a> Created<'a> {
+    /// The one builder of the payload, for the live event and the snapshot.
+    pub fn new(user_id: Uuid, category_id: Uuid, name: &'a str, parent_id: Option<Uuid>) -> Self {
+        Created { version: VERSION, category_id, user_id, name, parent_id }
+    }
 }
 
 /// `category.renamed`: the category has a new name.
@@ -71,9 +82,28 @@ pub async fn created(
     name: &str,
     parent_id: Option<Uuid>,
 ) -> anyhow::Result<()> {
-    let payload = Created { version: VERSION, category_id, user_id, name, parent_id };
-    freedumb_kit::events::record(conn, SCHEMA, CREATED, &payload).await?;
+    freedumb_kit::events::record(conn, SCHEMA, CREATED, &Created::new(user_id, category_id, name, parent_id)).await?;
     Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct CategoryRow {
+    id: Uuid,
+    user_id: Uuid,
+    name: String,
+    parent_id: Option<Uuid>,
+}
+
+/// One `category.created` per category, streamed in id order (a
+/// subcategory may come before its parent, as live events may arrive).
+pub(crate) fn snapshot(db: &Db) -> SnapshotStream<'_> {
+    sqlx::query_as::<_, CategoryRow>("SELECT id, user_id, name, parent_id FROM ledger.categories ORDER BY id")
+        .fetch(&db.pool)
+        .map(|row| {
+            let row = row.context("failed to read a category for the snapshot")?;
+            SnapshotEvent::new(CREATED, &Created::new(row.user_id, row.id, &row.name, row.parent_id))
+        })
+        .boxed()
 }
 
 pub async fn renamed(conn: &mut PgConnection, user_id: Uuid, category_id: Uuid, name: &str) -> anyhow::Result<()> {

@@ -196,22 +196,8 @@ async fn import_csv(
             .fetch_all(tx.conn())
             .await
             .context("failed to insert imported transactions")?;
-            let by_hash: HashMap<&str, &ParsedRow> = rows.iter().map(|r| (r.hash.as_str(), r)).collect();
-            for (id, hash) in &created {
-                if let Some(row) = by_hash.get(hash.as_str()) {
-                    let state = events::TransactionState {
-                        transaction_id: *id,
-                        user_id: user.user_id,
-                        account_id: account.id,
-                        currency: account.currency.clone(),
-                        amount_minor: row.amount,
-                        date: row.date,
-                        transfer_id: None,
-                        allocations: vec![events::Allocation { category_id: None, parent_category_id: None, amount_minor: row.amount }],
-                    };
-                    events::changed(tx.conn(), events::CREATED, &state).await?;
-                }
-            }
+            let created_ids: Vec<Uuid> = created.iter().map(|(id, _)| *id).collect();
+            events::changed(tx.conn(), events::CREATED, &created_ids).await?;
             rejections.sort_by_key(|r| r.row);
             let summary = ImportSummary {
                 created: created.len(),

@@ -8,6 +8,7 @@
 //! Every row belongs to a user and every query is scoped to the caller, so
 //! another user's ids answer 404.
 
+pub mod account_events;
 mod account_number;
 mod accounts;
 mod categories;
@@ -15,7 +16,7 @@ pub mod category_events;
 pub mod events;
 mod import;
 mod recurring;
-mod schedule;
+pub mod recurring_events;
 mod transactions;
 
 use std::sync::Arc;
@@ -23,10 +24,12 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use freedumb_kit::auth::JwtKeys;
 use freedumb_kit::config::{ConfigError, Env};
-use freedumb_kit::events::{Bus, Relay};
+use freedumb_kit::db::Db;
+use freedumb_kit::events::{Bus, Relay, SnapshotStream};
 use freedumb_kit::idempotency::fingerprint;
 use freedumb_kit::service::BackgroundTask;
 use freedumb_kit::{Platform, Service};
+use futures::StreamExt;
 use sqlx::migrate::Migrator;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -68,6 +71,19 @@ impl Service for TransactionService {
     fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
         let bus = Bus::from_env(env, platform)?;
         Ok(vec![Relay::new(platform.db.clone(), SCHEMA, &bus).into_task()])
+    }
+
+    /// `account.created` per account (archived ones too), `category.created`
+    /// per category, `transaction.created` per transaction and
+    /// `recurring.created` per rule, each the payload of the live event.
+    /// Accounts and categories come first, so a consumer usually knows
+    /// them before the transactions that name them (order is not promised).
+    fn snapshot<'a>(&'a self, db: &'a Db) -> SnapshotStream<'a> {
+        account_events::snapshot(db)
+            .chain(category_events::snapshot(db))
+            .chain(events::snapshot(db))
+            .chain(recurring_events::snapshot(db))
+            .boxed()
     }
 }
 

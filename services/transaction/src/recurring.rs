@@ -7,6 +7,9 @@
 //! index, so even a rule processed twice cannot create an occurrence twice.
 //! After downtime a worker catches up: it creates every occurrence whose
 //! date has passed, oldest first.
+//!
+//! Every change to a rule, the worker's advances included, records its
+//! `recurring.*` event (see `recurring_events`) in its transaction.
 
 use std::time::Duration;
 
@@ -30,10 +33,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use freedumb_kit::schedule::{Frequency, Schedule};
+
 use crate::accounts::{BALANCE_CACHE, parse_amount};
-use crate::schedule::{Frequency, Schedule};
 use crate::text::{Description, Payee, Tag};
-use crate::{Ledger, SCHEMA, categories, events, fingerprint, optional_text, transactions};
+use crate::{Ledger, SCHEMA, categories, events, fingerprint, optional_text, recurring_events, transactions};
 
 pub(crate) fn router() -> OpenApiRouter<Ledger> {
     OpenApiRouter::new().routes(routes!(create_rule, list_rules)).routes(routes!(get_rule, update_rule, delete_rule))
@@ -119,7 +123,6 @@ struct RuleRow {
     next_occurrence: Option<NaiveDate>,
     active: bool,
     created_at: DateTime<Utc>,
-    category_parent_id: Option<Uuid>,
 }
 
 impl RuleRow {
@@ -163,9 +166,8 @@ impl RuleRow {
 const SELECT: &str = "
     SELECT r.id, r.user_id, r.account_id, r.amount, a.currency, r.payee, r.description, r.category_id, r.tags, r.frequency,
            r.interval, r.start_date, r.day_of_month, r.end_date, r.max_occurrences, r.occurrences_created, r.next_occurrence,
-           r.active, r.created_at, c.parent_id AS category_parent_id
-    FROM ledger.recurring_rules r JOIN ledger.accounts a ON a.id = r.account_id
-    LEFT JOIN ledger.categories c ON c.id = r.category_id";
+           r.active, r.created_at
+    FROM ledger.recurring_rules r JOIN ledger.accounts a ON a.id = r.account_id";
 
 async fn find(conn: &mut PgConnection, user_id: Uuid, id: Uuid) -> ApiResult<RuleRow> {
     sqlx::query_as(&format!("{SELECT} WHERE r.id = $1 AND r.user_id = $2"))
@@ -259,6 +261,7 @@ async fn create_rule(
             .execute(tx.conn())
             .await
             .context("failed to insert a recurring rule")?;
+            recurring_events::changed(tx.conn(), recurring_events::CREATED, id).await?;
             let rule = find(tx.conn(), user.user_id, id).await?.into_rule()?;
             Ok((StatusCode::CREATED, serde_json::to_value(rule).context("serialise")?))
         })
@@ -340,6 +343,7 @@ async fn update_rule(
     .execute(tx.conn())
     .await
     .context("failed to update a recurring rule")?;
+    recurring_events::changed(tx.conn(), recurring_events::UPDATED, id).await?;
     let rule = find(tx.conn(), user.user_id, id).await?.into_rule()?;
     tx.commit().await.context("failed to commit")?;
     Ok(Json(rule))
@@ -349,15 +353,18 @@ async fn update_rule(
 #[utoipa::path(delete, path = "/v1/recurring/{id}", tag = "recurring", security(("bearer" = [])), params(("id" = Uuid, Path)),
     responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = "4XX", body = ErrorBody)))]
 async fn delete_rule(State(state): State<Ledger>, user: AuthUser, Path(id): Path<Uuid>) -> ApiResult<StatusCode> {
+    let mut tx = state.platform.db.begin().await.context("failed to begin")?;
     let done = sqlx::query("DELETE FROM ledger.recurring_rules WHERE id = $1 AND user_id = $2")
         .bind(id)
         .bind(user.user_id)
-        .execute(&state.platform.db.pool)
+        .execute(tx.conn())
         .await
         .context("failed to delete a recurring rule")?;
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("no such recurring rule"));
     }
+    recurring_events::deleted(tx.conn(), id, user.user_id).await?;
+    tx.commit().await.context("failed to commit")?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -447,6 +454,7 @@ pub async fn run_once(platform: &Platform, today: NaiveDate) -> anyhow::Result<u
             );
         }
         let mut created_now = 0;
+        let mut created_ids = Vec::new();
         while let Some(date) = schedule.occurrence(n).filter(|d| *d <= today) {
             if created_now == OCCURRENCES_PER_BATCH {
                 break;
@@ -475,32 +483,26 @@ pub async fn run_once(platform: &Platform, today: NaiveDate) -> anyhow::Result<u
             .rows_affected()
                 == 1;
             if inserted {
-                let state = events::TransactionState {
-                    transaction_id: id,
-                    user_id: rule.user_id,
-                    account_id: rule.account_id,
-                    currency: rule.currency.clone(),
-                    amount_minor: rule.amount,
-                    date,
-                    transfer_id: None,
-                    allocations: vec![events::Allocation {
-                        category_id: rule.category_id,
-                        parent_category_id: rule.category_parent_id,
-                        amount_minor: rule.amount,
-                    }],
-                };
-                events::changed(tx.conn(), events::CREATED, &state).await?;
+                created_ids.push(id);
             }
             n += 1;
             created_now += 1;
         }
+        events::changed(tx.conn(), events::CREATED, &created_ids).await?;
+        let occurrences_created = i32::try_from(n).unwrap_or(i32::MAX);
+        let next_occurrence = schedule.occurrence(n);
         sqlx::query("UPDATE ledger.recurring_rules SET occurrences_created = $2, next_occurrence = $3, updated_at = now() WHERE id = $1")
             .bind(rule.id)
-            .bind(i32::try_from(n).unwrap_or(i32::MAX))
-            .bind(schedule.occurrence(n))
+            .bind(occurrences_created)
+            .bind(next_occurrence)
             .execute(tx.conn())
             .await
             .context("failed to advance a recurring rule")?;
+        // The rule's state moved: say so in the same transaction, so its
+        // consumers' `next_occurrence` is never behind the ledger's.
+        if (occurrences_created, next_occurrence) != (rule.occurrences_created, rule.next_occurrence) {
+            recurring_events::changed(tx.conn(), recurring_events::UPDATED, rule.id).await?;
+        }
         if created_now > 0 {
             touched.push((rule.user_id, rule.account_id));
         }

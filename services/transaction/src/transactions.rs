@@ -359,63 +359,7 @@ async fn check_categories(
 /// Records `kind` (`transaction.created` or `.updated`) with the
 /// transaction's state as it is now in this database transaction.
 async fn record_state(conn: &mut PgConnection, kind: &'static str, id: Uuid) -> ApiResult<()> {
-    let (user_id, account_id, currency, amount, date, transfer_id, category_id): (
-        Uuid,
-        Uuid,
-        String,
-        i64,
-        NaiveDate,
-        Option<Uuid>,
-        Option<Uuid>,
-    ) = sqlx::query_as(
-        "SELECT t.user_id, t.account_id, a.currency, t.amount, t.date, t.transfer_id, t.category_id
-             FROM ledger.transactions t JOIN ledger.accounts a ON a.id = t.account_id WHERE t.id = $1",
-    )
-    .bind(id)
-    .fetch_one(&mut *conn)
-    .await
-    .context("failed to read a transaction for its event")?;
-    let splits: Vec<(Option<Uuid>, Option<Uuid>, i64)> = sqlx::query_as(
-        "SELECT s.category_id, c.parent_id, s.amount FROM ledger.transaction_splits s
-         LEFT JOIN ledger.categories c ON c.id = s.category_id
-         WHERE s.transaction_id = $1 ORDER BY s.position",
-    )
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await
-    .context("failed to read splits for an event")?;
-    let allocations = if splits.is_empty() {
-        let parent: Option<Uuid> = match category_id {
-            Some(category) => sqlx::query_scalar("SELECT parent_id FROM ledger.categories WHERE id = $1")
-                .bind(category)
-                .fetch_optional(&mut *conn)
-                .await
-                .context("failed to read a category for an event")?
-                .flatten(),
-            None => None,
-        };
-        vec![events::Allocation { category_id, parent_category_id: parent, amount_minor: amount }]
-    } else {
-        splits
-            .into_iter()
-            .map(|(category_id, parent_category_id, amount_minor)| events::Allocation {
-                category_id,
-                parent_category_id,
-                amount_minor,
-            })
-            .collect()
-    };
-    let state = events::TransactionState {
-        transaction_id: id,
-        user_id,
-        account_id,
-        currency,
-        amount_minor: amount,
-        date,
-        transfer_id,
-        allocations,
-    };
-    events::changed(conn, kind, &state).await?;
+    events::changed(conn, kind, &[id]).await?;
     Ok(())
 }
 

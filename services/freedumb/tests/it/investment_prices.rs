@@ -183,3 +183,32 @@ async fn an_outage_of_the_source_delays_the_worker_and_never_fails_it() {
     let pass = run_once(&platform, &market, Duration::from_secs(900), today).await.unwrap();
     assert_eq!(pass, Pass { refreshed: 1, source_failed: false, announced: 1 });
 }
+
+#[tokio::test]
+async fn the_snapshot_has_each_stored_valuation_as_it_was_announced() {
+    let app = quiet_app().await;
+    let user = app.signed_in_user().await;
+    holding(&app, &user, "EUR", &[("AAA", "USD"), ("BBB", "EUR")]).await;
+    let platform = platform_for(&app.db.url);
+    let today = IsoDate::today();
+    let pass = run_once(&platform, &Offline, Duration::from_secs(900), today).await.unwrap();
+    assert_eq!(pass.announced, 1, "{pass:?}");
+
+    let pool = sqlx::PgPool::connect(&app.db.url).await.unwrap();
+    let live: Vec<(String,)> = sqlx::query_as(
+        "SELECT payload::text FROM investment.outbox WHERE routing_key = 'investment.valuation_changed' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let live: Vec<serde_json::Value> = live.iter().map(|(p,)| serde_json::from_str(p).unwrap()).collect();
+    assert_eq!(live.len(), 1);
+
+    use freedumb_kit::Service;
+    use futures::TryStreamExt;
+    let snapshot: Vec<_> = freedumb_investment::InvestmentService.snapshot(&platform.db).try_collect().await.unwrap();
+    assert_eq!(
+        snapshot,
+        [freedumb_kit::events::SnapshotEvent { kind: "investment.valuation_changed", data: live[0].clone() }]
+    );
+}

@@ -15,6 +15,7 @@ mod ledger;
 mod malformed_input;
 mod observability;
 mod process;
+mod producer_events;
 mod readiness;
 mod recurring;
 mod sign_out;

@@ -3,6 +3,10 @@
 //! Occurrence `n` is computed from the start date and `n` directly, never
 //! from occurrence `n - 1`: a monthly rule on the 31st gives Jan 31, Feb 28,
 //! Mar 31, not Jan 31, Feb 28, Mar 28.
+//!
+//! It lives in the kit because two services reckon with it: the transaction
+//! service, which owns the rules and creates their occurrences, and
+//! analytics, which projects them; one piece of code keeps them agreeing.
 
 use chrono::{Datelike, Days, Months, NaiveDate};
 use serde::{Deserialize, Serialize};
@@ -38,7 +42,7 @@ impl Schedule {
         }
         let date = self.nth(n.checked_add(self.offset())?)?;
         // No date past the API's range is ever stored or shown.
-        if date > freedumb_kit::date::MAX {
+        if date > crate::date::MAX {
             return None;
         }
         match self.end {

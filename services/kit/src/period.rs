@@ -7,11 +7,15 @@
 //! 9999-12-31 runs to 10000-01-02. [`Period::last_day`] then answers
 //! 9999-12-31, the last day of the period the API can name; no spending can
 //! fall after it, since no transaction is dated later.
+//!
+//! It lives in the kit because the budget service, which owns budgets, and
+//! analytics, which sets them against spending, must cut the same periods.
 
 use chrono::{Datelike, Days, Months, NaiveDate};
-use freedumb_kit::date::IsoDate;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::date::IsoDate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
