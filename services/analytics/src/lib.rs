@@ -12,16 +12,17 @@
 
 mod money;
 mod period;
+pub mod projections;
 pub mod queries;
 pub mod range;
-// Used by the projection view once it lands; kept private until the kit has it.
-#[allow(dead_code)]
+mod routes;
 mod schedule;
 
 use axum::extract::FromRef;
 use freedumb_kit::auth::JwtKeys;
 use freedumb_kit::config::{ConfigError, Env};
-use freedumb_kit::events::Subscription;
+use freedumb_kit::events::{Bus, Consumer, ConsumerConfig, EventHandler, Subscription};
+use freedumb_kit::service::BackgroundTask;
 use freedumb_kit::{Platform, Service};
 use sqlx::migrate::Migrator;
 use utoipa_axum::router::OpenApiRouter;
@@ -68,12 +69,31 @@ impl Service for AnalyticsService {
 
     fn router(&self, platform: &Platform, _: &Env) -> Result<OpenApiRouter, ConfigError> {
         let state = AnalyticsState { platform: platform.clone() };
-        Ok(OpenApiRouter::new().with_state(state))
+        Ok(OpenApiRouter::new().merge(routes::router()).with_state(state))
+    }
+
+    fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
+        // Queues are named for this deployment by the kit; each consumer is
+        // built from the subscription the replay reads, so the two agree.
+        let bus = Bus::from_env(env, platform)?;
+        let transactions = consumer_for(platform, &bus, TRANSACTIONS, projections::transactions::Transactions)
+            // Replays and imports arrive by the thousand; one transaction per
+            // 500 events is what makes the projection keep up (see
+            // `projections::transactions`).
+            .with_config(ConsumerConfig { batch_size: 500, ..ConsumerConfig::default() });
+        let ledger = consumer_for(platform, &bus, LEDGER, projections::ledger::Ledger);
+        let budgets = consumer_for(platform, &bus, BUDGETS, projections::budgets::Budgets);
+        let investments = consumer_for(platform, &bus, INVESTMENTS, projections::investments::Investments);
+        Ok(vec![transactions.into_task(), ledger.into_task(), budgets.into_task(), investments.into_task()])
     }
 
     fn subscriptions(&self) -> &'static [Subscription] {
         &SUBSCRIPTIONS
     }
+}
+
+fn consumer_for(platform: &Platform, bus: &Bus, subscription: Subscription, handler: impl EventHandler) -> Consumer {
+    Consumer::new(platform.db.clone(), SCHEMA, bus, subscription.purpose, subscription.bindings, handler)
 }
 
 #[derive(Clone)]
