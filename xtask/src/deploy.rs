@@ -92,7 +92,7 @@ pub struct Deploy {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Profile {
+pub(crate) enum Profile {
     Release,
     Dev,
 }
@@ -369,7 +369,7 @@ fn connect_address(host: IpAddr, port: u16) -> SocketAddr {
 /// the root, where we run cargo) or `<root>/target`, then the profile's
 /// directory. Asking `cargo metadata` would also see `build.target-dir` in a
 /// cargo config, at the price of a JSON parser and another second per run.
-fn freedumb_binary(root: &Path, cargo_target_dir: Option<&OsStr>, profile: Profile) -> PathBuf {
+pub(crate) fn freedumb_binary(root: &Path, cargo_target_dir: Option<&OsStr>, profile: Profile) -> PathBuf {
     let target_dir = match cargo_target_dir.filter(|dir| !dir.is_empty()) {
         Some(dir) => root.join(dir),
         None => root.join("target"),

@@ -8,6 +8,7 @@
 
 mod backing;
 mod bench;
+mod bench_analytics;
 mod build;
 mod check;
 mod containers;
@@ -49,6 +50,7 @@ enum Command {
     Render(render::Render),
     Check(check::Check),
     BenchRender(bench::BenchRender),
+    BenchAnalytics(bench_analytics::BenchAnalytics),
     Build(build::Build),
     Status(containers::Status),
     Logs(containers::Logs),
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Render(cmd) => cmd.run(&root),
         Command::Check(cmd) => cmd.run(&root),
         Command::BenchRender(cmd) => cmd.run(&root),
+        Command::BenchAnalytics(cmd) => cmd.run(&root),
         Command::Build(cmd) => cmd.run(&root),
         Command::Status(cmd) => cmd.run(&root),
         Command::Logs(cmd) => cmd.run(&root),

@@ -128,7 +128,7 @@ fn generate(path: &Path, keys: &[String]) -> anyhow::Result<Secrets> {
     Ok(Secrets { vars })
 }
 
-fn random_hex(bytes: usize) -> anyhow::Result<String> {
+pub(crate) fn random_hex(bytes: usize) -> anyhow::Result<String> {
     let mut buf = vec![0u8; bytes];
     fs::File::open("/dev/urandom")
         .and_then(|mut urandom| urandom.read_exact(&mut buf))

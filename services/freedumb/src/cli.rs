@@ -1,4 +1,4 @@
-//! The command line: `freedumb serve TARGET...`, `freedumb migrate`,
+//! The command line: `freedumb serve TARGET...`, `freedumb migrate`, `freedumb replay`,
 //! `freedumb targets`.
 
 use std::process::ExitCode;
@@ -52,6 +52,20 @@ pub enum Command {
         #[arg(long)]
         create_database: bool,
     },
+    /// Re-send the current state of every producer to one consumer's queues.
+    ///
+    /// For a consumer that starts over existing data (a new service, a
+    /// projection rebuilt on an empty schema): every service's snapshot
+    /// (one `transaction.created` per transaction, one `category.created` per
+    /// category, ...) goes to the target's own queues only, so no other
+    /// consumer sees it. Start the target once before, so its queues exist.
+    /// Reads DATABASE_URL, RABBITMQ_URL, EVENTS_EXCHANGE and DEPLOYMENT as
+    /// the services do.
+    Replay {
+        /// The consuming service, such as `analytics`.
+        #[arg(long, value_name = "SERVICE")]
+        to: String,
+    },
     /// List the targets this binary can run.
     Targets,
     /// Exit 0 if a running freedumb answers 200 on /health, 1 otherwise.
@@ -87,6 +101,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Serve { targets } => serve(&targets, registry::resolve, &Env::process()).await,
             Command::Worker { names } => serve(&names, registry::resolve_workers, &Env::process()).await,
             Command::Migrate { targets, create_database } => migrate(&targets, create_database, &Env::process()).await,
+            Command::Replay { to } => replay(&to, &Env::process()).await,
             Command::Targets => {
                 for service in registry::SERVICES {
                     println!("{:<12} port {:<5} schema {}", service.name(), service.default_port(), service.schema());
@@ -161,5 +176,35 @@ pub async fn migrate(targets: &[String], create_database: bool, env: &Env) -> Re
         db::migrate(&url, service.schema(), service.migrator()).await?;
         println!("{}: migrations applied to schema {}", service.name(), service.schema());
     }
+    Ok(())
+}
+
+/// `freedumb replay --to SERVICE`: see [`Command::Replay`].
+pub async fn replay(to: &str, env: &Env) -> Result<(), StartError> {
+    let everything: Vec<&'static dyn Service> = registry::SERVICES.iter().chain(registry::WORKERS).copied().collect();
+    let consumers =
+        || everything.iter().filter(|s| !s.subscriptions().is_empty()).map(|s| s.name()).collect::<Vec<_>>().join(", ");
+    let Some(target) = everything.iter().copied().find(|s| s.name() == to) else {
+        return Err(StartError::Other(anyhow::anyhow!(
+            "unknown service `{to}`; services that consume events are: {}",
+            consumers()
+        )));
+    };
+    if target.subscriptions().is_empty() {
+        return Err(StartError::Other(anyhow::anyhow!(
+            "the {to} service consumes no events; services that do are: {}",
+            consumers()
+        )));
+    }
+    let url = env.url("DATABASE_URL", &["postgres", "postgresql"])?;
+    let bus = freedumb_kit::events::Bus::from_env_alone(env, &url)?;
+    let db = db::Db::new(db::lazy_pool(&url, 2)?, freedumb_kit::metrics::Metrics::new());
+    let report = freedumb_kit::events::replay(&db, &bus, &everything, target).await?;
+    for (queue, kinds) in &report.sent {
+        for (kind, count) in kinds {
+            println!("{queue:<50} {kind:<32} {count:>9}");
+        }
+    }
+    println!("replayed {} events to {to} (deployment {})", report.total(), bus.deployment());
     Ok(())
 }

@@ -80,6 +80,12 @@ impl TestDatabase {
         db::migrate(&self.secret_url(), schema, migrator).await.expect("migrations apply");
     }
 
+    /// Moves the database out of `self`, which then owns nothing (and drops
+    /// nothing): for a test that restarts a platform on the same data.
+    pub fn take(&mut self) -> TestDatabase {
+        TestDatabase { name: std::mem::take(&mut self.name), url: std::mem::take(&mut self.url) }
+    }
+
     /// A pool of up to `max_connections` on this database, with metrics of
     /// its own.
     pub fn db(&self, max_connections: u32) -> Db {
@@ -89,6 +95,9 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if self.name.is_empty() {
+            return; // taken (see `take`)
+        }
         // Drop runs outside async; a short-lived runtime on its own thread
         // does the cleanup without blocking the test's runtime.
         let name = self.name.clone();

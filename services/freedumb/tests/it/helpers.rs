@@ -198,6 +198,20 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Stops the platform and hands back its database, to start another
+    /// platform on the same data (a restart, an upgrade).
+    pub async fn stop(mut self) -> TestDatabase {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // The shutdown drains in the background; give it a moment so the
+        // next platform does not share the old one's last requests.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        self.db.take()
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

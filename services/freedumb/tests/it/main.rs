@@ -2,6 +2,7 @@
 //! module per story.
 
 mod auth;
+mod backfill;
 mod budget_input;
 mod budgets;
 mod contract;

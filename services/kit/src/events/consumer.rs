@@ -249,6 +249,16 @@ pub struct Consumer {
     ticket: Option<Arc<BindingTicket>>,
 }
 
+/// How a batch went.
+enum Batch {
+    /// Committed: the ids that were new (the rest were duplicates).
+    Handled(std::collections::HashSet<Uuid>),
+    /// Shut down while waiting for Postgres.
+    Stopped,
+    /// Rolled back, to be handled one at a time.
+    Failed(anyhow::Error),
+}
+
 enum Handled {
     Processed,
     Duplicate,
@@ -364,11 +374,30 @@ impl Consumer {
                 next = session.deliveries.next() => next,
             };
             match next {
+                Some(Ok(delivery)) if self.config.batch_size > 1 => {
+                    let batch = self.gather(delivery, &mut session.deliveries);
+                    self.process_batch(&session.channel, batch, shutdown, database, foreign).await?;
+                }
                 Some(Ok(delivery)) => self.process(&session.channel, delivery, shutdown, database, foreign).await?,
                 Some(Err(err)) => return Err(anyhow::Error::new(err).context("the consumer's connection failed")),
                 None => anyhow::bail!("the broker cancelled the consumer"),
             }
         }
+    }
+
+    /// The first delivery and those already prefetched behind it, up to
+    /// `batch_size`: a batch never waits for a delivery that has not come.
+    fn gather(&self, first: Delivery, deliveries: &mut lapin::Consumer) -> Vec<Delivery> {
+        let mut batch = vec![first];
+        while batch.len() < usize::from(self.config.batch_size) {
+            match deliveries.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                // Nothing ready, or the stream failed or ended: the next
+                // `next()` in `consume` sees the failure.
+                _ => break,
+            }
+        }
+        batch
     }
 
     /// Handles one delivery and settles it. Errors are the broker's.
@@ -380,8 +409,140 @@ impl Consumer {
         database: &mut Outage,
         foreign: &mut Foreign,
     ) -> anyhow::Result<()> {
+        let Some((delivery, event)) = self.screen(delivery, foreign).await? else {
+            return Ok(());
+        };
+        self.handle_and_settle(channel, delivery, &event, shutdown, database).await
+    }
+
+    /// Handles deliveries in one transaction ([`EventHandler::handle_batch`])
+    /// and settles them. If the batch fails in any way it is rolled back and
+    /// each event is handled alone, so one bad event costs only itself.
+    async fn process_batch(
+        &self,
+        channel: &Channel,
+        batch: Vec<Delivery>,
+        shutdown: &CancellationToken,
+        database: &mut Outage,
+        foreign: &mut Foreign,
+    ) -> anyhow::Result<()> {
+        let mut ready = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            if let Some(screened) = self.screen(delivery, foreign).await? {
+                ready.push(screened);
+            }
+        }
+        if ready.len() <= 1 {
+            for (delivery, event) in ready {
+                self.handle_and_settle(channel, delivery, &event, shutdown, database).await?;
+            }
+            return Ok(());
+        }
+        let span = tracing::info_span!("events", count = ready.len());
+        let outcome = self.handle_many(&ready, shutdown, database).instrument(span).await;
         let metrics = self.db.metrics();
-        let attempt = attempt_of(&delivery);
+        match outcome {
+            Batch::Handled(fresh) => {
+                let mut counted = std::collections::HashSet::new();
+                for (delivery, event) in &ready {
+                    within("acknowledge an event", delivery.acker.ack(BasicAckOptions::default())).await?;
+                    let first = fresh.contains(&event.id) && counted.insert(event.id);
+                    metrics.event_consumed(&self.queue, if first { "processed" } else { "duplicate" });
+                }
+            }
+            Batch::Stopped => {
+                for (delivery, _) in &ready {
+                    let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
+                    within("return an event", delivery.acker.nack(requeue)).await?;
+                }
+            }
+            Batch::Failed(err) => {
+                tracing::info!(
+                    error = %format!("{err:#}"),
+                    count = ready.len(),
+                    "a batch of events failed; handling them one at a time",
+                );
+                for (delivery, event) in ready {
+                    self.handle_and_settle(channel, delivery, &event, shutdown, database).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inbox rows for the whole batch, the handler on the events not seen
+    /// before, and one commit.
+    async fn handle_many(
+        &self,
+        ready: &[(Delivery, Event)],
+        shutdown: &CancellationToken,
+        database: &mut Outage,
+    ) -> Batch {
+        let Some(mut tx) = self.begin_waiting(shutdown, database).await else {
+            return Batch::Stopped;
+        };
+        let ids: Vec<Uuid> = ready.iter().map(|(_, event)| event.id).collect();
+        let schema = &self.schema;
+        let inserted: Result<Vec<Uuid>, sqlx::Error> = sqlx::query_scalar(&format!(
+            "INSERT INTO {schema}.inbox (event_id, consumer) SELECT DISTINCT id, $2 FROM unnest($1::uuid[]) AS id \
+             ON CONFLICT DO NOTHING RETURNING event_id"
+        ))
+        .bind(&ids)
+        .bind(&self.queue)
+        .fetch_all(tx.conn())
+        .await;
+        let fresh: std::collections::HashSet<Uuid> = match inserted {
+            Ok(fresh) => fresh.into_iter().collect(),
+            Err(err) => return Batch::Failed(err.into()),
+        };
+        // Each event once, in order of arrival: a duplicate within the
+        // batch (a republished retry beside its original) counts once.
+        let mut seen = std::collections::HashSet::new();
+        let events: Vec<Event> = ready
+            .iter()
+            .map(|(_, event)| event)
+            .filter(|event| fresh.contains(&event.id) && seen.insert(event.id))
+            .cloned()
+            .collect();
+        if !events.is_empty() {
+            let handling = AssertUnwindSafe(self.handler.handle_batch(tx.conn(), &events)).catch_unwind();
+            match tokio::time::timeout(self.config.handler_timeout, handling).await {
+                Err(_) => return Batch::Failed(anyhow::anyhow!("the batch handler timed out")),
+                Ok(Err(_panic)) => return Batch::Failed(anyhow::anyhow!("the batch handler panicked")),
+                Ok(Ok(Err(err))) => return Batch::Failed(err.into()),
+                Ok(Ok(Ok(()))) => {}
+            }
+        }
+        match tx.commit().await {
+            Ok(()) => Batch::Handled(fresh),
+            Err(err) => Batch::Failed(anyhow::Error::new(err).context("failed to commit the batch's transaction")),
+        }
+    }
+
+    /// A transaction, waiting out a Postgres outage; `None` on shutdown.
+    async fn begin_waiting(&self, shutdown: &CancellationToken, database: &mut Outage) -> Option<crate::db::Tx> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), self.config.max_backoff);
+        loop {
+            match self.db.begin().await {
+                Ok(tx) => {
+                    database.recovered();
+                    return Some(tx);
+                }
+                Err(err) => {
+                    database.failed(&anyhow::Error::new(err).context("failed to begin a transaction"));
+                    if !pause(backoff.next(), shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Settles what no handler should see: a message that is no envelope,
+    /// another deployment's event, an event past its last attempt. Returns
+    /// the others with their envelope.
+    async fn screen(&self, delivery: Delivery, foreign: &mut Foreign) -> anyhow::Result<Option<(Delivery, Event)>> {
+        let metrics = self.db.metrics();
         let event: Event = match serde_json::from_slice(&delivery.data) {
             Ok(event) => event,
             Err(err) => {
@@ -391,7 +552,7 @@ impl Consumer {
                     "a message is not an event envelope; dead-lettering it",
                 );
                 self.dead_letter(&delivery).await?;
-                return Ok(());
+                return Ok(None);
             }
         };
         if event.deployment.as_deref() != Some(self.bus.deployment().as_str()) {
@@ -401,15 +562,32 @@ impl Consumer {
             foreign.dropped(&event, self.bus.deployment().as_str(), &self.queue);
             within("acknowledge a foreign event", delivery.acker.ack(BasicAckOptions::default())).await?;
             metrics.event_consumed(&self.queue, "foreign");
-            return Ok(());
+            return Ok(None);
         }
+        let attempt = attempt_of(&delivery);
+        if attempt > self.config.max_attempts {
+            let span = tracing::info_span!("event", event_id = %event.id, event_type = %event.kind, attempt);
+            span.in_scope(|| tracing::error!("an event is past its last attempt; dead-lettering it"));
+            self.dead_letter(&delivery).await?;
+            return Ok(None);
+        }
+        Ok(Some((delivery, event)))
+    }
+
+    /// Handles one screened event alone and settles its delivery.
+    async fn handle_and_settle(
+        &self,
+        channel: &Channel,
+        delivery: Delivery,
+        event: &Event,
+        shutdown: &CancellationToken,
+        database: &mut Outage,
+    ) -> anyhow::Result<()> {
+        let metrics = self.db.metrics();
+        let attempt = attempt_of(&delivery);
         let span = tracing::info_span!("event", event_id = %event.id, event_type = %event.kind, attempt);
         async {
-            if attempt > self.config.max_attempts {
-                tracing::error!("an event is past its last attempt; dead-lettering it");
-                return self.dead_letter(&delivery).await;
-            }
-            match self.handle(&event, shutdown, database).await {
+            match self.handle(event, shutdown, database).await {
                 Handled::Processed => {
                     within("acknowledge an event", delivery.acker.ack(BasicAckOptions::default())).await?;
                     metrics.event_consumed(&self.queue, "processed");
@@ -457,20 +635,8 @@ impl Consumer {
 
     /// Inbox row, handler and commit in one transaction.
     async fn handle(&self, event: &Event, shutdown: &CancellationToken, database: &mut Outage) -> Handled {
-        let mut backoff = Backoff::new(Duration::from_millis(200), self.config.max_backoff);
-        let mut tx = loop {
-            match self.db.begin().await {
-                Ok(tx) => {
-                    database.recovered();
-                    break tx;
-                }
-                Err(err) => {
-                    database.failed(&anyhow::Error::new(err).context("failed to begin a transaction"));
-                    if !pause(backoff.next(), shutdown).await {
-                        return Handled::Stopped;
-                    }
-                }
-            }
+        let Some(mut tx) = self.begin_waiting(shutdown, database).await else {
+            return Handled::Stopped;
         };
         let schema = &self.schema;
         let inserted = sqlx::query(&format!(
@@ -695,7 +861,8 @@ impl Session {
             )
             .await?;
         }
-        within("set the prefetch", channel.basic_qos(config.prefetch.max(1), BasicQosOptions::default())).await?;
+        let prefetch = config.prefetch.max(config.batch_size).max(1);
+        within("set the prefetch", channel.basic_qos(prefetch, BasicQosOptions::default())).await?;
         within("enable publisher confirms", channel.confirm_select(ConfirmSelectOptions::default())).await?;
         let tag = format!("{queue}-{}", Uuid::new_v4().simple());
         let deliveries = within(

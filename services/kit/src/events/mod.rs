@@ -78,7 +78,7 @@ pub use consumer::{ATTEMPT_HEADER, Consumer, ConsumerConfig, EventHandler, Handl
 pub(crate) use outbox::create_tables;
 pub use outbox::record;
 pub use relay::{Relay, RelayConfig};
-pub use replay::{SnapshotEvent, SnapshotStream, Subscription, binding_matches};
+pub use replay::{ReplayReport, SnapshotEvent, SnapshotStream, Subscription, binding_matches, replay};
 
 /// The topic exchange every service publishes its events to.
 pub const EXCHANGE: &str = "freedumb.events";
@@ -183,6 +183,13 @@ impl Bus {
         let mut bus = Bus::new(rabbitmq_url(env)?, exchange, platform.config.deployment.clone());
         bus.pending = platform.pending_bindings.clone();
         Ok(bus)
+    }
+
+    /// As [`Bus::from_env`], for a process that runs no service (`freedumb
+    /// replay`): the deployment is read as services read it.
+    pub fn from_env_alone(env: &Env, database_url: &SecretString) -> Result<Self, ConfigError> {
+        let exchange = env.get(EVENTS_EXCHANGE).map_or_else(|| EXCHANGE.to_owned(), |e| e.trim().to_owned());
+        Ok(Bus::new(rabbitmq_url(env)?, exchange, Deployment::from_env(env, database_url)?))
     }
 
     pub fn exchange(&self) -> &str {

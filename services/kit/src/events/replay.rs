@@ -18,7 +18,19 @@
 //! every change replays states that no longer exist; the snapshot is the
 //! current state, of any age, in one pass.
 
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use futures::StreamExt;
 use futures::stream::BoxStream;
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use uuid::Uuid;
+
+use super::{Bus, Event, within};
+use crate::Service;
+use crate::db::Db;
 
 /// A queue a service consumes: its purpose (the queue is
 /// `<exchange>.<deployment>.<purpose>`, [`super::Bus::queue`]) and the
@@ -54,6 +66,126 @@ impl SnapshotEvent {
 
 /// A producer's snapshot, read in one pass over its own schema.
 pub type SnapshotStream<'a> = BoxStream<'a, anyhow::Result<SnapshotEvent>>;
+
+/// Publishes at most this many events before awaiting their confirms.
+const CONFIRM_WINDOW: usize = 1_000;
+
+/// What a replay sent: per queue, per event type, how many.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub sent: BTreeMap<String, BTreeMap<&'static str, u64>>,
+}
+
+impl ReplayReport {
+    pub fn total(&self) -> u64 {
+        self.sent.values().flat_map(BTreeMap::values).sum()
+    }
+}
+
+/// Publishes every `producer`'s snapshot events that `target` subscribes
+/// to, straight to `target`'s queues on `bus` (the default exchange, routing
+/// key = queue name), persistent and confirmed: no other consumer sees them.
+///
+/// Each envelope is a new event (a fresh id, so the consumer's inbox lets
+/// it through), stamped with `bus`'s deployment and, as `occurred_at`, the
+/// moment its producer's snapshot began: a live change recorded after that
+/// is newer, and a consumer that keeps the newest state per row (every
+/// whole-state projection does) keeps it whichever arrives first. A change
+/// in flight while the snapshot starts can be older than the snapshot yet
+/// commit after it; run the replay again after a busy period to be sure.
+///
+/// The target's queues must exist (its consumers declare them when they
+/// first start): publishing to a missing queue would lose the events, so
+/// a missing one is an error before anything is sent.
+pub async fn replay(
+    db: &Db,
+    bus: &Bus,
+    producers: &[&dyn Service],
+    target: &dyn Service,
+) -> anyhow::Result<ReplayReport> {
+    let subscriptions = target.subscriptions();
+    anyhow::ensure!(
+        !subscriptions.is_empty(),
+        "the {} service consumes no events, so there is nothing to replay to it",
+        target.name()
+    );
+    let connection = super::connect(bus.url(), format!("freedumb replay ({})", target.name())).await?;
+    let channel = within("open a channel", connection.create_channel()).await?;
+    for subscription in subscriptions {
+        let queue = bus.queue(subscription.purpose);
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        within("find the queue", channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()))
+            .await
+            .with_context(|| {
+                format!(
+                    "the queue {queue} does not exist: start the {} service once (its consumers declare their \
+                     queues), then replay",
+                    target.name()
+                )
+            })?;
+    }
+    within("enable publisher confirms", channel.confirm_select(ConfirmSelectOptions::default())).await?;
+    let mut report = ReplayReport::default();
+    let mut confirms = Vec::with_capacity(CONFIRM_WINDOW);
+    let mut done = Vec::new();
+    for producer in producers {
+        // Workers share their service's schema, and its snapshot.
+        if done.contains(&producer.schema()) {
+            continue;
+        }
+        done.push(producer.schema());
+        let started = chrono::Utc::now();
+        let mut events = producer.snapshot(db);
+        while let Some(event) = events.next().await {
+            let event = event.with_context(|| format!("failed to read the {} snapshot", producer.name()))?;
+            for subscription in subscriptions.iter().filter(|s| s.wants(event.kind)) {
+                let queue = bus.queue(subscription.purpose);
+                let id = Uuid::now_v7();
+                let envelope = Event {
+                    id,
+                    kind: event.kind.to_owned(),
+                    deployment: Some(bus.deployment().to_string()),
+                    occurred_at: started,
+                    data: event.data.clone(),
+                };
+                let body = serde_json::to_vec(&envelope).context("failed to serialise an event envelope")?;
+                let properties = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2)
+                    .with_message_id(id.to_string().into())
+                    .with_type(event.kind.into())
+                    .with_app_id(format!("replay:{}", producer.schema()).into());
+                let confirm = within(
+                    "publish a snapshot event",
+                    channel.basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        properties,
+                    ),
+                )
+                .await?;
+                confirms.push(confirm);
+                *report.sent.entry(queue).or_default().entry(event.kind).or_default() += 1;
+                if confirms.len() >= CONFIRM_WINDOW {
+                    await_confirms(&mut confirms).await?;
+                }
+            }
+        }
+    }
+    await_confirms(&mut confirms).await?;
+    super::close(connection).await;
+    Ok(report)
+}
+
+async fn await_confirms(confirms: &mut Vec<lapin::PublisherConfirm>) -> anyhow::Result<()> {
+    for outcome in futures::future::join_all(confirms.drain(..)).await {
+        let confirmation = outcome.context("failed to get a publisher confirm")?;
+        anyhow::ensure!(confirmation.is_ack(), "the broker refused (nacked) a snapshot event");
+    }
+    Ok(())
+}
 
 /// AMQP topic matching: words separated by `.`, `*` matches one word, `#`
 /// zero or more.

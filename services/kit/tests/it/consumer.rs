@@ -354,3 +354,87 @@ async fn a_queue_that_exists_with_other_arguments_stops_the_consumer_with_an_err
     assert!(err.contains("refused") && err.contains("PRECONDITION_FAILED"), "{err}");
     let _ = connection.close(200, "bye".into()).await;
 }
+
+/// Records the size of every batch it is given, and handles each event as
+/// `handler(.., Strict)` does.
+struct Batches {
+    sizes: Arc<std::sync::Mutex<Vec<usize>>>,
+    one: Box<dyn freedumb_kit::events::EventHandler>,
+}
+
+impl freedumb_kit::events::EventHandler for Batches {
+    fn handle<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        event: &'a Event,
+    ) -> futures::future::BoxFuture<'a, Result<(), HandleError>> {
+        self.one.handle(conn, event)
+    }
+
+    fn handle_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [Event],
+    ) -> futures::future::BoxFuture<'a, Result<(), HandleError>> {
+        self.sizes.lock().unwrap().push(events.len());
+        Box::pin(async move {
+            for event in events {
+                self.one.handle(conn, event).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_backlog_is_handled_in_batches_and_a_poison_event_in_one_costs_only_itself() {
+    let s = setup().await;
+    create_seen_table(&s.db).await;
+    let bus = s.broker.bus(DEPLOYMENT);
+    let queue = s.broker.queue_for(&bus, "spending");
+    let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let make = |sizes: Arc<std::sync::Mutex<Vec<usize>>>| {
+        let handler = Batches { sizes, one: Box::new(handler(calls.clone(), Behaviour::Strict)) };
+        Consumer::new(s.db.clone(), SCHEMA, &bus, "spending", &["transaction.*"], handler)
+            .with_config(ConsumerConfig { batch_size: 100, ..s.broker.consumer_config() })
+    };
+    // Declare the queue, then let a backlog build up while no consumer runs.
+    let first = spawn(make(sizes.clone()).into_task());
+    s.broker.wait_for_consumer(&queue, WAIT).await;
+    first.stop().await.unwrap();
+    let mut good = Vec::new();
+    let mut poison = None;
+    let mut repeated = None;
+    for n in 0..300 {
+        let data = if n == 150 { json!({ "amount_minor": "twelve" }) } else { json!({ "amount_minor": n }) };
+        let (id, body) = envelope("transaction.created", data);
+        if n == 150 {
+            poison = Some(id);
+        } else {
+            good.push(id);
+        }
+        if n == 10 {
+            repeated = Some(body.clone());
+        }
+        s.broker.publish("transaction.created", &body).await;
+    }
+    s.broker.publish("transaction.created", &repeated.unwrap()).await;
+
+    let consumer = spawn(make(sizes.clone()).into_task());
+    let dead = s.broker.take_exactly(&format!("{queue}.dlq"), 1, WAIT).await;
+    assert_eq!(dead[0].event().id, poison.unwrap(), "only the poison event is dead-lettered");
+    eventually("every good event is handled", WAIT, || async { seen(&s.db).await.len() == good.len() }).await;
+    eventually("the repeat is settled as a duplicate", WAIT, || async { consumed(&s.db, &queue, "duplicate") == 1 })
+        .await;
+    let mut handled: Vec<Uuid> = seen(&s.db).await.into_iter().map(|(id, _)| id).collect();
+    handled.sort();
+    good.sort();
+    assert_eq!(handled, good, "each good event once, the poison one never");
+    assert_eq!(inbox_rows(&s.db).await, 299);
+    assert_eq!(consumed(&s.db, &queue, "processed"), 299);
+    let sizes = sizes.lock().unwrap().clone();
+    assert!(sizes.iter().any(|&n| n > 1), "a backlog is taken in batches: {sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= 100), "never more than batch_size: {sizes:?}");
+    consumer.stop().await.unwrap();
+}

@@ -5,3 +5,4 @@ mod background;
 mod consumer;
 mod helpers;
 mod relay;
+mod replay;
