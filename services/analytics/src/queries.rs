@@ -524,7 +524,24 @@ pub struct Summary {
     /// before 1900-01-01 (then every `previous` is zero).
     pub previous_from: Option<IsoDate>,
     pub previous_to: Option<IsoDate>,
+    /// Income, expense and net in the range, per currency.
+    pub current: Vec<RangeTotals>,
+    /// The same for the previous range (empty when there is none).
+    pub previous: Vec<RangeTotals>,
+    /// The changes from the previous range, per currency.
     pub currencies: Vec<CurrencySummary>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RangeTotals {
+    #[schema(value_type = freedumb_kit::openapi::CurrencyCode)]
+    pub currency: String,
+    /// Money in, transfers left out.
+    pub income: Money,
+    /// Money out as a positive amount, transfers left out.
+    pub expense: Money,
+    /// `income - expense`.
+    pub net: Money,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -572,6 +589,23 @@ pub async fn summary(conn: &mut PgConnection, user_id: Uuid, range: Range) -> an
     let mut codes: BTreeSet<&String> = current_totals.keys().collect();
     codes.extend(previous_totals.keys());
     codes.extend(current_spending.keys());
+    let range_totals = |totals: &HashMap<String, (i64, i64)>| -> anyhow::Result<Vec<RangeTotals>> {
+        let mut out: Vec<RangeTotals> = Vec::with_capacity(totals.len());
+        for (code, &(income, expense)) in totals {
+            let currency = money::currency(code)?;
+            let m = |minor| Money::new(currency, minor);
+            out.push(RangeTotals {
+                currency: code.clone(),
+                income: m(income),
+                expense: m(expense),
+                net: m(income - expense),
+            });
+        }
+        out.sort_by(|a, b| a.currency.cmp(&b.currency));
+        Ok(out)
+    };
+    let current = range_totals(&current_totals)?;
+    let previous_range_totals = range_totals(&previous_totals)?;
     let mut currencies = Vec::new();
     for code in codes {
         let currency = money::currency(code)?;
@@ -605,6 +639,8 @@ pub async fn summary(conn: &mut PgConnection, user_id: Uuid, range: Range) -> an
         to: range.to(),
         previous_from: previous.map(Range::from),
         previous_to: previous.map(Range::to),
+        current,
+        previous: previous_range_totals,
         currencies,
     })
 }
