@@ -650,7 +650,10 @@ pub async fn summary(conn: &mut PgConnection, user_id: Uuid, range: Range) -> an
 /// The longest projection, in days.
 pub const MAX_PROJECTION_DAYS: u16 = 365;
 
+/// Named `BalanceProjection` in the document: budgets' goals have a
+/// `Projection` of their own.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = BalanceProjection)]
 pub struct Projection {
     /// Today (UTC): the balances start from the end of it.
     pub today: IsoDate,
