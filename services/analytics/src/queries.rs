@@ -856,7 +856,8 @@ struct Top {
 
 impl Categories {
     async fn load(conn: &mut PgConnection, user_id: Uuid) -> anyhow::Result<Categories> {
-        let rows: Vec<(Uuid, Option<String>, Option<Uuid>, bool, Option<Uuid>)> = sqlx::query_as(
+        type Row = (Uuid, Option<String>, Option<Uuid>, bool, Option<Uuid>);
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT category_id, name, parent_id, removed, merged_into FROM analytics.categories WHERE user_id = $1",
         )
         .bind(user_id)
@@ -1123,9 +1124,11 @@ impl Valuations {
     }
 }
 
+type ValuationRow = (NaiveDate, Uuid, String, i64);
+
 /// Steps through the days in order, keeping each portfolio's latest value.
 struct ValuationWalk<'a> {
-    rows: std::iter::Peekable<Box<dyn Iterator<Item = &'a (NaiveDate, Uuid, String, i64)> + 'a>>,
+    rows: std::iter::Peekable<Box<dyn Iterator<Item = &'a ValuationRow> + 'a>>,
     latest: HashMap<Uuid, i64>,
 }
 

@@ -226,7 +226,7 @@ async fn a_users_month_shows_in_every_view_to_the_cent() {
     assert_eq!(of(&worth, "currencies", "EUR")["days"].as_array().unwrap().len(), 31);
 
     // The summary against February.
-    let summary = app.ok(&user, "GET", &format!("/v1/analytics/summary?from=2026-03-01&to=2026-03-28"), None).await;
+    let summary = app.ok(&user, "GET", "/v1/analytics/summary?from=2026-03-01&to=2026-03-28", None).await;
     let eur = of(&summary, "currencies", "EUR");
     assert_eq!(summary["previous_from"], "2026-02-01");
     assert_eq!(eur["expense"], json!({"current": "58.00", "previous": "50.00", "change": "8.00", "percent": "16.00"}));
