@@ -11,6 +11,7 @@ pub static SERVICES: &[&dyn Service] = &[
     &freedumb_transaction::TransactionService,
     &freedumb_budget::BudgetService,
     &freedumb_investment::InvestmentService,
+    &freedumb_analytics::AnalyticsService,
 ];
 
 /// Background workers: no routes of their own, run with `freedumb worker
@@ -98,7 +99,8 @@ mod tests {
     fn an_unknown_target_lists_the_known_ones() {
         let err = names_of(&["ledger"]).unwrap_err();
         assert!(
-            err.contains("unknown target `ledger`") && err.contains("all, auth, transaction, budget, investment"),
+            err.contains("unknown target `ledger`")
+                && err.contains("all, auth, transaction, budget, investment, analytics"),
             "{err}"
         );
     }

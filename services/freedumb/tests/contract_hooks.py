@@ -57,6 +57,20 @@ FALSE_POSITIVES = {
         "the instrument must be one of the caller's",
     ("GET /v1/portfolios/{id}/performance", 422, "validation_failed", "to"):
         "`to` is not before `from`, not after today and within 3,660 days of it: two parameters and the date",
+    ("GET /v1/analytics/spending/categories", 422, "validation_failed", "to"):
+        "`to` is on or after `from` and at most 3 years after it: a rule across two parameters",
+    ("GET /v1/analytics/spending/payees", 422, "validation_failed", "to"):
+        "`to` is on or after `from` and at most 3 years after it: a rule across two parameters",
+    ("GET /v1/analytics/income-expense", 422, "validation_failed", "to"):
+        "`to` is on or after `from` and at most 3 years after it: a rule across two parameters",
+    ("GET /v1/analytics/cash-flow", 422, "validation_failed", "to"):
+        "`to` is on or after `from` and at most 3 years after it: a rule across two parameters",
+    ("GET /v1/analytics/net-worth", 422, "validation_failed", "to"):
+        "`to` is on or after `from` and at most 3 years after it: a rule across two parameters",
+    ("GET /v1/analytics/budgets", 422, "validation_failed", "to"):
+        "`to` is on or after `from` and at most 3 years after it: a rule across two parameters",
+    ("GET /v1/analytics/summary", 422, "validation_failed", "to"):
+        "`to` is on or after `from` and at most 3 years after it: a rule across two parameters",
     ("GET /v1/portfolios/{id}/performance", 422, "validation_failed", "from"):
         "the period needs the day before `from`, so `from` is after 1900-01-01 (and `to`, the date, bounds it)",
 }

@@ -23,7 +23,8 @@ const NS: &str = "freedumb";
 const CONTEXT: &str = "freedumb-prod";
 /// Prod's Deployments, in name order (`workloads_are_what_prod_renders`
 /// keeps this list true).
-const WORKLOADS: [&str; 6] = [
+const WORKLOADS: [&str; 7] = [
+    "analytics-service",
     "auth-service",
     "budget-service",
     "investment-service",

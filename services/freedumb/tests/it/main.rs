@@ -1,6 +1,7 @@
 //! The integration tests of the `freedumb` binary: one test binary, one
 //! module per story.
 
+mod analytics;
 mod auth;
 mod backfill;
 mod budget_input;
