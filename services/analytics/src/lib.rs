@@ -85,7 +85,8 @@ impl Service for AnalyticsService {
         let ledger = consumer_for(platform, &bus, LEDGER, projections::ledger::Ledger);
         let budgets = consumer_for(platform, &bus, BUDGETS, projections::budgets::Budgets);
         let investments = consumer_for(platform, &bus, INVESTMENTS, projections::investments::Investments);
-        let mut tasks = vec![transactions.into_task(), ledger.into_task(), budgets.into_task(), investments.into_task()];
+        let mut tasks =
+            vec![transactions.into_task(), ledger.into_task(), budgets.into_task(), investments.into_task()];
         tasks.extend(reports::runner::tasks(platform, &reports::RunnerConfig::from_env(env)?));
         Ok(tasks)
     }

@@ -252,8 +252,9 @@ fn interval_for(days: i64) -> Interval {
 
 /// One attempt's work: the view, read in one read-only snapshot (so a
 /// report never mixes two moments), then the file. The snapshot's
-/// statements are bounded by the attempt's timeout too, so an abandoned
-/// attempt does not keep the database busy.
+/// statements are bounded too, a second past the attempt's timeout: the
+/// runner's deadline fires first and names the timeout, and the server then
+/// ends the abandoned statement rather than keep working for no one.
 async fn generate(db: &Db, job: &Claimed, progress: watch::Sender<i16>, timeout: Duration) -> anyhow::Result<Content> {
     let _ = progress.send(5);
     let mut tx = db.begin().await.context("failed to begin a report's snapshot")?;
@@ -261,7 +262,7 @@ async fn generate(db: &Db, job: &Claimed, progress: watch::Sender<i16>, timeout:
         .execute(tx.conn())
         .await
         .context("failed to open a report's snapshot")?;
-    sqlx::query(&format!("SET LOCAL statement_timeout = {}", timeout.as_millis().max(1)))
+    sqlx::query(&format!("SET LOCAL statement_timeout = {}", timeout.as_millis() + 1000))
         .execute(tx.conn())
         .await
         .context("failed to bound a report's statements")?;

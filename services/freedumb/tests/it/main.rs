@@ -18,4 +18,5 @@ mod observability;
 mod process;
 mod readiness;
 mod recurring;
+mod reports;
 mod sign_out;
