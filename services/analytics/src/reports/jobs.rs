@@ -36,6 +36,8 @@ pub const MAX_ATTEMPTS: i32 = 3;
 /// What a report shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+// Named for the document, where other services have a `Kind` of their own.
+#[schema(as = ReportKind)]
 pub enum Kind {
     /// Spending per top-level category (subcategories rolled up), per
     /// currency; the chart is bars.
@@ -76,6 +78,8 @@ impl Kind {
 /// The file a report is delivered as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+// Named for the document, where other services have a `Format` of their own.
+#[schema(as = ReportFormat)]
 pub enum Format {
     /// `text/csv`: a header row, one row per item, amounts as exact decimal
     /// strings next to their currency.
@@ -111,6 +115,8 @@ impl Format {
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+// Named for the document, where other services have a `Status` of their own.
+#[schema(as = ReportStatus)]
 pub enum Status {
     /// Waiting for a runner, first or after a failed attempt (see `error`).
     Queued,
