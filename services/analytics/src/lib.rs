@@ -15,6 +15,7 @@ mod period;
 pub mod projections;
 pub mod queries;
 pub mod range;
+pub mod reports;
 mod routes;
 mod schedule;
 
@@ -69,7 +70,7 @@ impl Service for AnalyticsService {
 
     fn router(&self, platform: &Platform, _: &Env) -> Result<OpenApiRouter, ConfigError> {
         let state = AnalyticsState { platform: platform.clone() };
-        Ok(OpenApiRouter::new().merge(routes::router()).with_state(state))
+        Ok(OpenApiRouter::new().merge(routes::router()).merge(reports::router()).with_state(state))
     }
 
     fn background(&self, platform: &Platform, env: &Env) -> Result<Vec<BackgroundTask>, ConfigError> {
@@ -84,7 +85,10 @@ impl Service for AnalyticsService {
         let ledger = consumer_for(platform, &bus, LEDGER, projections::ledger::Ledger);
         let budgets = consumer_for(platform, &bus, BUDGETS, projections::budgets::Budgets);
         let investments = consumer_for(platform, &bus, INVESTMENTS, projections::investments::Investments);
-        Ok(vec![transactions.into_task(), ledger.into_task(), budgets.into_task(), investments.into_task()])
+        let mut tasks =
+            vec![transactions.into_task(), ledger.into_task(), budgets.into_task(), investments.into_task()];
+        tasks.extend(reports::runner::tasks(platform, &reports::RunnerConfig::from_env(env)?));
+        Ok(tasks)
     }
 
     fn subscriptions(&self) -> &'static [Subscription] {

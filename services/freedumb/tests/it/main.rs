@@ -19,4 +19,5 @@ mod process;
 mod producer_events;
 mod readiness;
 mod recurring;
+mod reports;
 mod sign_out;
