@@ -11,13 +11,11 @@
 //! call them.
 
 mod money;
-mod period;
 pub mod projections;
 pub mod queries;
 pub mod range;
 pub mod reports;
 mod routes;
-mod schedule;
 
 use axum::extract::FromRef;
 use freedumb_kit::auth::JwtKeys;

@@ -19,10 +19,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::money::{self, Money};
-use crate::period::Period;
 use crate::projections::transactions::UNCATEGORISED;
 use crate::range::Range;
-use crate::schedule::{Frequency, Schedule};
+use freedumb_kit::period::Period;
+use freedumb_kit::schedule::{Frequency, Schedule};
 
 // ---------------------------------------------------------------- spending by category
 

@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{currency, payload};
-use crate::period::Period;
+use freedumb_kit::period::Period;
 
 #[derive(Debug, Deserialize)]
 struct Budget {

@@ -60,7 +60,7 @@ struct Rule {
     amount_minor: i64,
     payee: Option<String>,
     category_id: Option<Uuid>,
-    frequency: crate::schedule::Frequency,
+    frequency: freedumb_kit::schedule::Frequency,
     interval: u32,
     start_date: IsoDate,
     day_of_month: u32,
