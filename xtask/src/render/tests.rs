@@ -344,13 +344,16 @@ fn reads(role_and_name: &str) -> Vec<&'static str> {
         vars.push("JWT_ACCESS_SECRET");
     }
     vars.extend(match role_and_name {
-        "auth-service" => &["JWT_REFRESH_SECRET"][..],
+        // Its relay publishes user.registered.
+        "auth-service" => &["JWT_REFRESH_SECRET", "RABBITMQ_URL"][..],
         "transaction-service" => &["ENCRYPTION_KEY", "RABBITMQ_URL"][..],
         "budget-service" => &["RABBITMQ_URL"][..],
         "ai-service" => &["MONGODB_URL", "OPENAI_API_KEY"][..],
         // MARKET_DATA_API_KEY and MARKET_DATA_API_URL are optional: without
         // a key it prices with its offline source (`local`, `test`).
         "investment-service" => &["RABBITMQ_URL"][..],
+        // Its consumers; REPORT_* are optional, with defaults.
+        "analytics-service" => &["RABBITMQ_URL"][..],
         // Optional too: without a key, the offline simulation.
         "worker-investment-price" => &[][..],
         "notification-service" => &["RABBITMQ_URL", "SENDGRID_API_KEY", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"][..],

@@ -246,11 +246,21 @@ pub async fn create(
     .bind(range.from().get())
     .bind(range.to().get())
     .bind(MAX_ATTEMPTS)
-    .fetch_one(conn)
+    .fetch_one(&mut *conn)
     .await
     .context("failed to queue a report job")?;
+    // Delivered on commit, to every runner of the database that listens:
+    // a new job starts at once rather than at the next poll.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NEW_JOB_CHANNEL)
+        .execute(conn)
+        .await
+        .context("failed to announce a report job")?;
     row.try_into()
 }
+
+/// The Postgres `NOTIFY` channel a queued job is announced on.
+pub const NEW_JOB_CHANNEL: &str = "analytics_report_jobs";
 
 /// The user's job, if it is theirs.
 pub async fn find(conn: &mut PgConnection, user_id: Uuid, id: Uuid) -> anyhow::Result<Option<Job>> {

@@ -124,6 +124,21 @@ impl Runner {
     /// restarts the task after it, and the lease brings the job back.
     pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut last_sweep: Option<Instant> = None;
+        // Woken by the NOTIFY of a queued job; the poll stays, for jobs
+        // whose lease lapsed, retries that are due, and a lost listener.
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&self.db.pool).await {
+            Ok(mut listener) => match listener.listen(jobs::NEW_JOB_CHANNEL).await {
+                Ok(()) => Some(listener),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for new reports; polling only");
+                    None
+                }
+            },
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for new reports; polling only");
+                None
+            }
+        };
         while !shutdown.is_cancelled() {
             if last_sweep.is_none_or(|at| at.elapsed() >= self.config.sweep) {
                 let mut conn = self.db.pool.acquire().await.context("failed to get a connection")?;
@@ -134,9 +149,21 @@ impl Runner {
                 last_sweep = Some(Instant::now());
             }
             if self.run_one(&shutdown).await?.is_none() {
+                let woken = async {
+                    match listener.as_mut() {
+                        // An error ends the listening; polling goes on.
+                        Some(l) => {
+                            if l.try_recv().await.is_err() {
+                                listener = None;
+                            }
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(self.config.poll) => {}
+                    () = woken => {}
                 }
             }
         }
