@@ -244,6 +244,9 @@ fn line_panel(area: &Area<'_>, panel: &LinePanel) -> Result<(), ChartError> {
     let mut chart = ChartBuilder::on(area)
         .caption(currency.code(), ("sans-serif", 16))
         .margin(12)
+        // Room for half of the last date label, which is centred on the
+        // axis's end and was cut off at the edge.
+        .margin_right(40)
         .x_label_area_size(40)
         .y_label_area_size(100)
         .build_cartesian_2d(0..span, value_range(&panel.series))
