@@ -253,9 +253,9 @@ impl Psql {
                  INSERT INTO ledger.transactions (id, user_id, account_id, amount, currency_exponent, date, payee, category_id)
                  SELECT gen_random_uuid(), '{user}', '{account}',
                         CASE WHEN i % 8 = 0 THEN 150000 + (i * 7919) % 250000 ELSE -(100 + (i * 104729) % 25000) END,
-                        2, current_date - 1 - (i % 365), 'Payee ' || (i * 31) % 400,
-                        cats.ids[1 + (i * 13) % array_length(cats.ids, 1)]
-                 FROM generate_series(1, {count}) AS i, cats"
+                        2, current_date - 1 - (i % 365)::int, 'Payee ' || (i * 31) % 400,
+                        cats.ids[(1 + (i * 13) % array_length(cats.ids, 1))::int]
+                 FROM generate_series(1::bigint, {count}) AS i, cats"
             ),
         )?;
         Ok(())

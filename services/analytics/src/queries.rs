@@ -123,16 +123,27 @@ pub async fn spending_by_payee(
     range: Range,
     limit: u32,
 ) -> anyhow::Result<PayeeSpending> {
+    // Whole months from `monthly_payees`, the days before the first and
+    // after the last whole month from `daily_payees`.
+    let parts = MonthParts::of(range);
     let rows: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(
         "SELECT currency, (array_agg(payee ORDER BY day DESC) FILTER (WHERE payee IS NOT NULL))[1],
                 (-SUM(amount_minor))::int8, SUM(transactions)::int8
-         FROM analytics.daily_payees WHERE user_id = $1 AND day BETWEEN $2 AND $3
+         FROM (SELECT currency, payee_key, payee, day, amount_minor, transactions FROM analytics.daily_payees
+               WHERE user_id = $1 AND (day BETWEEN $2 AND $3 OR day BETWEEN $4 AND $5)
+               UNION ALL
+               SELECT currency, payee_key, payee, month, amount_minor, transactions FROM analytics.monthly_payees
+               WHERE user_id = $1 AND month BETWEEN $6 AND $7) AS payees
          GROUP BY currency, payee_key HAVING SUM(transactions) > 0
          ORDER BY currency, 3 DESC, 2",
     )
     .bind(user_id)
-    .bind(range.from().get())
-    .bind(range.to().get())
+    .bind(parts.head.map(|(from, _)| from))
+    .bind(parts.head.map(|(_, to)| to))
+    .bind(parts.tail.map(|(from, _)| from))
+    .bind(parts.tail.map(|(_, to)| to))
+    .bind(parts.months.map(|(from, _)| from))
+    .bind(parts.months.map(|(_, to)| to))
     .fetch_all(conn)
     .await
     .context("failed to sum spending per payee")?;
@@ -148,6 +159,37 @@ pub async fn spending_by_payee(
         }
     }
     Ok(PayeeSpending { from: range.from(), to: range.to(), currencies })
+}
+
+/// A range cut into the days before its first whole month (`head`), its
+/// whole months (`months`, as their first days) and the days after them
+/// (`tail`), each inclusive, `None` when empty (bound as NULL, which
+/// `BETWEEN` matches nowhere).
+#[derive(Debug, PartialEq, Eq)]
+struct MonthParts {
+    head: Option<(NaiveDate, NaiveDate)>,
+    months: Option<(NaiveDate, NaiveDate)>,
+    tail: Option<(NaiveDate, NaiveDate)>,
+}
+
+impl MonthParts {
+    fn of(range: Range) -> MonthParts {
+        let (from, to) = (range.from().get(), range.to().get());
+        let first_of = |d: NaiveDate| d.with_day(1).unwrap_or(d);
+        let next_month = |d: NaiveDate| first_of(d).checked_add_months(Months::new(1));
+        // December 9999 has no next month; its last day is the last date.
+        let last_of = |d: NaiveDate| next_month(d).and_then(|n| n.pred_opt()).unwrap_or(IsoDate::MAX.get());
+        let first = if from.day() == 1 { Some(from) } else { next_month(from) };
+        let last_end = if to == last_of(to) { Some(to) } else { first_of(to).pred_opt() };
+        match (first, last_end) {
+            (Some(first), Some(last_end)) if first <= last_end => MonthParts {
+                head: (from < first).then(|| (from, first.pred_opt().unwrap_or(from))),
+                months: Some((first, first_of(last_end))),
+                tail: (last_end < to).then(|| (last_end.succ_opt().unwrap_or(to), to)),
+            },
+            _ => MonthParts { head: Some((from, to)), months: None, tail: None },
+        }
+    }
 }
 
 // ---------------------------------------------------------------- income against expense
@@ -1188,6 +1230,35 @@ mod tests {
 
     fn d(s: &str) -> IsoDate {
         IsoDate::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_range_is_cut_into_its_whole_months_and_the_days_at_its_ends() {
+        let parts = |from: &str, to: &str| MonthParts::of(Range::new(d(from), d(to)).unwrap());
+        let days = |a: &str, b: &str| Some((d(a).get(), d(b).get()));
+        // A year from the 3rd: the partial months at both ends are days.
+        assert_eq!(
+            parts("2025-12-03", "2026-12-02"),
+            MonthParts {
+                head: days("2025-12-03", "2025-12-31"),
+                months: days("2026-01-01", "2026-11-01"),
+                tail: days("2026-12-01", "2026-12-02"),
+            }
+        );
+        // Whole months only.
+        assert_eq!(
+            parts("2026-01-01", "2026-02-28"),
+            MonthParts { head: None, months: days("2026-01-01", "2026-02-01"), tail: None }
+        );
+        // Inside one month, or across two without a whole one: all days.
+        for (from, to) in [("2026-03-04", "2026-03-17"), ("2026-01-15", "2026-02-14"), ("2026-05-09", "2026-05-09")] {
+            assert_eq!(parts(from, to), MonthParts { head: days(from, to), months: None, tail: None });
+        }
+        // The last month there is.
+        assert_eq!(
+            parts("9999-11-15", "9999-12-31"),
+            MonthParts { head: days("9999-11-15", "9999-11-30"), months: days("9999-12-01", "9999-12-01"), tail: None }
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use freedumb_kit::date::IsoDate;
 use freedumb_kit::events::{Event, EventHandler, HandleError};
 use futures::future::BoxFuture;
@@ -455,36 +455,21 @@ async fn write_deltas(conn: &mut PgConnection, deltas: Deltas) -> anyhow::Result
         .into_iter()
         .filter(|(_, p)| p.amount != 0 || p.transactions != 0 || p.display.is_some())
         .collect();
-    if !payees.is_empty() {
-        let mut cols = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        for ((user, currency, day, key), p) in payees {
-            cols.0.push(user);
-            cols.1.push(currency);
-            cols.2.push(day);
-            cols.3.push(key);
-            cols.4.push(p.display);
-            cols.5.push(p.amount);
-            cols.6.push(p.transactions);
+    // The same deltas by calendar month, so a view over a year reads twelve
+    // months of payees instead of 365 days of them. The map runs in day
+    // order, so the newest day's spelling is the month's.
+    let mut monthly: BTreeMap<(Uuid, String, NaiveDate, String), PayeeDelta> = BTreeMap::new();
+    for ((user, currency, day, key), p) in &payees {
+        let month = day.with_day(1).unwrap_or(*day);
+        let total = monthly.entry((*user, currency.clone(), month, key.clone())).or_default();
+        total.amount += p.amount;
+        total.transactions += p.transactions;
+        if p.display.is_some() {
+            total.display = p.display.clone();
         }
-        sqlx::query(
-            "INSERT INTO analytics.daily_payees AS d (user_id, currency, day, payee_key, payee, amount_minor, transactions)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::date[], $4::text[], $5::text[], $6::int8[], $7::int4[])
-             ON CONFLICT (user_id, currency, day, payee_key) DO UPDATE SET
-                 payee = COALESCE(EXCLUDED.payee, d.payee),
-                 amount_minor = d.amount_minor + EXCLUDED.amount_minor,
-                 transactions = d.transactions + EXCLUDED.transactions",
-        )
-        .bind(cols.0)
-        .bind(cols.1)
-        .bind(cols.2)
-        .bind(cols.3)
-        .bind(cols.4)
-        .bind(cols.5)
-        .bind(cols.6)
-        .execute(&mut *conn)
-        .await
-        .context("failed to update the daily payees")?;
     }
+    upsert_payees(conn, "daily_payees", "day", payees).await?;
+    upsert_payees(conn, "monthly_payees", "month", monthly.into_iter().collect()).await?;
 
     let accounts: Vec<_> = deltas.accounts.into_iter().filter(|(_, (_, net))| *net != 0).collect();
     if !accounts.is_empty() {
@@ -523,4 +508,46 @@ mod tests {
         assert_eq!(payee_key(Some("CORNER CAFÉ")), "corner café");
         assert_eq!(payee_key(None), "");
     }
+}
+
+/// Adds payee deltas to `analytics.<table>`, keyed by `<period>` (a day, or
+/// the first of a month).
+async fn upsert_payees(
+    conn: &mut PgConnection,
+    table: &str,
+    period: &str,
+    rows: Vec<((Uuid, String, NaiveDate, String), PayeeDelta)>,
+) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut cols = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for ((user, currency, day, key), p) in rows {
+        cols.0.push(user);
+        cols.1.push(currency);
+        cols.2.push(day);
+        cols.3.push(key);
+        cols.4.push(p.display);
+        cols.5.push(p.amount);
+        cols.6.push(p.transactions);
+    }
+    sqlx::query(&format!(
+        "INSERT INTO analytics.{table} AS d (user_id, currency, {period}, payee_key, payee, amount_minor, transactions)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::date[], $4::text[], $5::text[], $6::int8[], $7::int4[])
+         ON CONFLICT (user_id, currency, {period}, payee_key) DO UPDATE SET
+             payee = COALESCE(EXCLUDED.payee, d.payee),
+             amount_minor = d.amount_minor + EXCLUDED.amount_minor,
+             transactions = d.transactions + EXCLUDED.transactions"
+    ))
+    .bind(cols.0)
+    .bind(cols.1)
+    .bind(cols.2)
+    .bind(cols.3)
+    .bind(cols.4)
+    .bind(cols.5)
+    .bind(cols.6)
+    .execute(&mut *conn)
+    .await
+    .with_context(|| format!("failed to update the {table}"))?;
+    Ok(())
 }

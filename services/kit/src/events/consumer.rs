@@ -861,7 +861,9 @@ impl Session {
             )
             .await?;
         }
-        let prefetch = config.prefetch.max(config.batch_size).max(1);
+        // Two batches' worth when batching, so the next batch is already
+        // here while one is handled, instead of the broker waiting for acks.
+        let prefetch = config.prefetch.max(config.batch_size.saturating_mul(2)).max(1);
         within("set the prefetch", channel.basic_qos(prefetch, BasicQosOptions::default())).await?;
         within("enable publisher confirms", channel.confirm_select(ConfirmSelectOptions::default())).await?;
         let tag = format!("{queue}-{}", Uuid::new_v4().simple());
