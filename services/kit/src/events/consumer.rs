@@ -375,8 +375,11 @@ impl Consumer {
             };
             match next {
                 Some(Ok(delivery)) if self.config.batch_size > 1 => {
-                    let batch = self.gather(delivery, &mut session.deliveries);
+                    let (batch, failure) = self.gather(delivery, &mut session.deliveries);
                     self.process_batch(&session.channel, batch, shutdown, database, foreign).await?;
+                    if let Some(err) = failure {
+                        return Err(anyhow::Error::new(err).context("the consumer's connection failed"));
+                    }
                 }
                 Some(Ok(delivery)) => self.process(&session.channel, delivery, shutdown, database, foreign).await?,
                 Some(Err(err)) => return Err(anyhow::Error::new(err).context("the consumer's connection failed")),
@@ -387,17 +390,20 @@ impl Consumer {
 
     /// The first delivery and those already prefetched behind it, up to
     /// `batch_size`: a batch never waits for a delivery that has not come.
-    fn gather(&self, first: Delivery, deliveries: &mut lapin::Consumer) -> Vec<Delivery> {
+    /// A failure of the stream met while gathering comes back beside the
+    /// batch, to be raised once the batch is settled.
+    fn gather(&self, first: Delivery, deliveries: &mut lapin::Consumer) -> (Vec<Delivery>, Option<lapin::Error>) {
         let mut batch = vec![first];
         while batch.len() < usize::from(self.config.batch_size) {
             match deliveries.next().now_or_never() {
                 Some(Some(Ok(delivery))) => batch.push(delivery),
-                // Nothing ready, or the stream failed or ended: the next
-                // `next()` in `consume` sees the failure.
-                _ => break,
+                Some(Some(Err(err))) => return (batch, Some(err)),
+                // Nothing ready yet, or the stream ended: the next `next()`
+                // in `consume` sees the end.
+                Some(None) | None => break,
             }
         }
-        batch
+        (batch, None)
     }
 
     /// Handles one delivery and settles it. Errors are the broker's.
