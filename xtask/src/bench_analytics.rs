@@ -93,7 +93,7 @@ impl BenchAnalytics {
             env.push((key.to_owned(), value));
         }
         let psql = Psql { url: database_url.clone() };
-        psql.drop_database(&server)?;
+        psql.drop_database(server)?;
 
         eprintln!("==> building freedumb (release)");
         process::run(process::cargo().current_dir(root).args(["build", "--release", "-p", "freedumb"]))?;
@@ -201,7 +201,7 @@ impl BenchAnalytics {
         }
         drop(_server);
         if !self.keep {
-            psql.drop_database(&server)?;
+            psql.drop_database(server)?;
         }
         Ok(())
     }

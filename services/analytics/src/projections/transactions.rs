@@ -498,18 +498,6 @@ async fn write_deltas(conn: &mut PgConnection, deltas: Deltas) -> anyhow::Result
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payees_that_differ_in_case_and_spacing_are_one() {
-        assert_eq!(payee_key(Some("  Corner   Café ")), "corner café");
-        assert_eq!(payee_key(Some("CORNER CAFÉ")), "corner café");
-        assert_eq!(payee_key(None), "");
-    }
-}
-
 /// Adds payee deltas to `analytics.<table>`, keyed by `<period>` (a day, or
 /// the first of a month).
 async fn upsert_payees(
@@ -550,4 +538,16 @@ async fn upsert_payees(
     .await
     .with_context(|| format!("failed to update the {table}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payees_that_differ_in_case_and_spacing_are_one() {
+        assert_eq!(payee_key(Some("  Corner   Café ")), "corner café");
+        assert_eq!(payee_key(Some("CORNER CAFÉ")), "corner café");
+        assert_eq!(payee_key(None), "");
+    }
 }
