@@ -8,7 +8,7 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{currency, payload};
+use super::{currency, payload, tombstone};
 use freedumb_kit::period::Period;
 
 #[derive(Debug, Deserialize)]
@@ -63,17 +63,7 @@ impl EventHandler for Budgets {
                 }
                 "budget.deleted" => {
                     let d: BudgetDeleted = payload(event)?;
-                    sqlx::query(
-                        "INSERT INTO analytics.budgets AS b (budget_id, user_id, as_of, deleted) VALUES ($1, $2, $3, true)
-                         ON CONFLICT (budget_id) DO UPDATE SET deleted = true, as_of = GREATEST(b.as_of, EXCLUDED.as_of)
-                         WHERE b.user_id = EXCLUDED.user_id",
-                    )
-                    .bind(d.budget_id)
-                    .bind(d.user_id)
-                    .bind(event.occurred_at)
-                    .execute(conn)
-                    .await
-                    .context("failed to apply a budget.deleted event")?;
+                    tombstone(conn, "budgets", "budget_id", d.budget_id, d.user_id, event).await?;
                 }
                 _ => {}
             }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{currency, payload};
+use super::{currency, payload, tombstone};
 
 #[derive(Debug, Deserialize)]
 struct Account {
@@ -188,17 +188,7 @@ async fn category(conn: &mut PgConnection, event: &Event) -> Result<(), HandleEr
 async fn rule(conn: &mut PgConnection, event: &Event) -> Result<(), HandleError> {
     if event.kind == "recurring.deleted" {
         let d: RuleDeleted = payload(event)?;
-        sqlx::query(
-            "INSERT INTO analytics.recurring_rules AS r (rule_id, user_id, as_of, deleted) VALUES ($1, $2, $3, true)
-             ON CONFLICT (rule_id) DO UPDATE SET deleted = true, as_of = GREATEST(r.as_of, EXCLUDED.as_of)
-             WHERE r.user_id = EXCLUDED.user_id",
-        )
-        .bind(d.rule_id)
-        .bind(d.user_id)
-        .bind(event.occurred_at)
-        .execute(conn)
-        .await
-        .context("failed to apply a recurring.deleted event")?;
+        tombstone(conn, "recurring_rules", "rule_id", d.rule_id, d.user_id, event).await?;
         return Ok(());
     }
     let r: Rule = payload(event)?;

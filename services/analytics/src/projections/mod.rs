@@ -13,6 +13,7 @@ pub mod investments;
 pub mod ledger;
 pub mod transactions;
 
+use anyhow::Context;
 use freedumb_kit::events::{Event, HandleError};
 use freedumb_kit::money::Currency;
 use serde::Deserialize;
@@ -51,4 +52,29 @@ fn currency(event: &Event, code: &str) -> Result<Currency, HandleError> {
     Currency::from_code(code).ok_or_else(|| {
         HandleError::poison(anyhow::anyhow!("a {} event names the unknown currency {code:?}", event.kind))
     })
+}
+
+/// A whole-state row whose deletion `event` announces: a tombstone at the
+/// event's time, created if the row was never seen, and final. Only the
+/// owner's event touches a row (`table` and `key` are written in code).
+async fn tombstone(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+    key: &str,
+    id: uuid::Uuid,
+    user_id: uuid::Uuid,
+    event: &Event,
+) -> Result<(), HandleError> {
+    sqlx::query(&format!(
+        "INSERT INTO analytics.{table} AS t ({key}, user_id, as_of, deleted) VALUES ($1, $2, $3, true)
+         ON CONFLICT ({key}) DO UPDATE SET deleted = true, as_of = GREATEST(t.as_of, EXCLUDED.as_of)
+         WHERE t.user_id = EXCLUDED.user_id"
+    ))
+    .bind(id)
+    .bind(user_id)
+    .bind(event.occurred_at)
+    .execute(conn)
+    .await
+    .with_context(|| format!("failed to apply a {} event", event.kind))?;
+    Ok(())
 }

@@ -17,20 +17,22 @@ use crate::helpers::{DEPLOYMENT, NO_MIGRATIONS, SCHEMA, setup, spawn};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A producer whose state is two transactions and a category.
-struct Ledger;
-/// A consumer of transactions only.
-struct Spending;
-
 const SPENDING: &[Subscription] = &[Subscription { purpose: "spending", bindings: &["transaction.*"] }];
 
-fn service_basics() -> &'static Migrator {
-    &NO_MIGRATIONS
+/// `Ledger`, a producer whose state is two transactions and a category, or
+/// `Spending`, a consumer of transactions only.
+enum Role {
+    Ledger,
+    Spending,
 }
+use Role::{Ledger, Spending};
 
-impl Service for Ledger {
+impl Service for Role {
     fn name(&self) -> &'static str {
-        "ledger"
+        match self {
+            Ledger => "ledger",
+            Spending => "spending",
+        }
     }
     fn default_port(&self) -> u16 {
         0
@@ -39,38 +41,27 @@ impl Service for Ledger {
         SCHEMA
     }
     fn migrator(&self) -> &'static Migrator {
-        service_basics()
-    }
-    fn router(&self, _: &Platform, _: &Env) -> Result<OpenApiRouter, ConfigError> {
-        Ok(OpenApiRouter::new())
-    }
-    fn snapshot<'a>(&'a self, _db: &'a Db) -> SnapshotStream<'a> {
-        Box::pin(futures::stream::iter([
-            SnapshotEvent::new("transaction.created", &json!({ "version": 1, "amount_minor": -450 })),
-            SnapshotEvent::new("category.created", &json!({ "version": 1, "name": "Food" })),
-            SnapshotEvent::new("transaction.created", &json!({ "version": 1, "amount_minor": 12000 })),
-        ]))
-    }
-}
-
-impl Service for Spending {
-    fn name(&self) -> &'static str {
-        "spending"
-    }
-    fn default_port(&self) -> u16 {
-        0
-    }
-    fn schema(&self) -> &'static str {
-        SCHEMA
-    }
-    fn migrator(&self) -> &'static Migrator {
-        service_basics()
+        &NO_MIGRATIONS
     }
     fn router(&self, _: &Platform, _: &Env) -> Result<OpenApiRouter, ConfigError> {
         Ok(OpenApiRouter::new())
     }
     fn subscriptions(&self) -> &'static [Subscription] {
-        SPENDING
+        match self {
+            Ledger => &[],
+            Spending => SPENDING,
+        }
+    }
+    fn snapshot<'a>(&'a self, _db: &'a Db) -> SnapshotStream<'a> {
+        let events = match self {
+            Ledger => vec![
+                SnapshotEvent::new("transaction.created", &json!({ "version": 1, "amount_minor": -450 })),
+                SnapshotEvent::new("category.created", &json!({ "version": 1, "name": "Food" })),
+                SnapshotEvent::new("transaction.created", &json!({ "version": 1, "amount_minor": 12000 })),
+            ],
+            Spending => vec![],
+        };
+        Box::pin(futures::stream::iter(events))
     }
 }
 
